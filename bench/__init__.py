@@ -1,0 +1,1 @@
+"""Benchmarks: timing reports that print and save figures (never asserted in tests)."""

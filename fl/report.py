@@ -1,0 +1,188 @@
+"""What rank 0 shows and writes: rich progress and tables, results.json, the environment record.
+
+results.json is rewritten atomically (temp file, fsync, rename) after every round, so a crash
+never leaves a half-written file and every finished round is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+ROUND_COLUMNS = (
+    "round",
+    "test_loss",
+    "test_accuracy",
+    "test_mcc",
+    "test_f1",
+    "train_loss",
+    "time_s",
+    "bytes_up",
+    "bytes_down",
+)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(backend: str | None, world_size: int, device: torch.device, threads: int) -> dict[str, Any]:
+    """Versions and hardware, so every figure says where it was measured."""
+    import peft
+    import transformers
+
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if device.type == "cuda" else []
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+        "backend": backend or "none (simulation)",
+        "world_size": world_size,
+        "device": str(device),
+        "device_names": names or [cpu_model()],
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "threads_rank0": threads,
+    }
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+class Reporter:
+    """Rank 0's console and results file. `enabled=False` makes every call a no-op (other ranks)."""
+
+    def __init__(self, results_path: Path | None, enabled: bool = True, console: Console | None = None):
+        self.path = results_path
+        self.enabled = enabled
+        self.console = console or Console()
+        self.live = enabled and self.console.is_terminal
+        self.progress: Progress | None = None
+        self._round_task = self._step_task = None
+        self.doc: dict[str, Any] = {}
+
+    # ---- lines and tables --------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(message, highlight=False) if self.live else print(message, flush=True)
+
+    def partition_table(self, shards: Sequence[Sequence[int]], labels: Sequence[int], public: int) -> None:
+        """Per-client examples and label histogram."""
+        if not self.enabled:
+            return
+        classes = sorted(set(labels))
+        table = Table(title=f"clients (public slice: {public} examples, kept out)")
+        table.add_column("client")
+        table.add_column("examples", justify="right")
+        for c in classes:
+            table.add_column(f"label {c}", justify="right")
+        for i, shard in enumerate(shards):
+            hist = Counter(labels[j] for j in shard)
+            table.add_row(str(i), str(len(shard)), *(str(hist.get(c, 0)) for c in classes))
+        self.console.print(table) if self.live else self._plain_table(table)
+
+    def _plain_table(self, table: Table) -> None:
+        Console(width=200, force_terminal=False, no_color=True).print(table)
+
+    # ---- progress ----------------------------------------------------------------------------
+    def start(self, rounds: int) -> None:
+        if not self.live:
+            return
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.progress.start()
+        self._round_task = self.progress.add_task("rounds", total=rounds)
+        self._step_task = self.progress.add_task("local steps", total=None, visible=False)
+
+    def round_started(self, round_idx: int, local_steps: int | None) -> None:
+        """local_steps: steps this process will train this round (None when others train)."""
+        if self.progress is not None and local_steps:
+            self.progress.reset(
+                self._step_task, total=local_steps, visible=True, description=f"round {round_idx} local steps"
+            )
+
+    def step(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self._step_task)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    # ---- results -----------------------------------------------------------------------------
+    def begin(self, config: dict[str, Any], env: dict[str, Any], extra: dict[str, Any]) -> None:
+        self.doc = {"config": config, "env": env, **extra, "rounds": [], "elapsed_s": None, "status": "running"}
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """Append one round's record, save results.json, print the round line."""
+        if not self.enabled:
+            return
+        self.doc["rounds"].append(rec)
+        self.save()
+        if self.progress is not None and rec["round"] > 0:
+            self.progress.advance(self._round_task)
+        parts = [f"{k}={_fmt(rec.get(k))}" for k in ROUND_COLUMNS if k in rec and k != "round"]
+        self.log(f"round {rec['round']}: " + "  ".join(parts))
+
+    def save(self) -> None:
+        if self.enabled and self.path is not None:
+            atomic_write_json(self.path, self.doc)
+
+    def finish(self, elapsed_s: float, status: str = "completed") -> None:
+        if not self.enabled:
+            return
+        self.stop()
+        self.doc["elapsed_s"] = elapsed_s
+        self.doc["status"] = status
+        self.save()
+        table = Table(title=f"{self.doc['config'].get('scheme')} on {self.doc['config'].get('task')}")
+        for col in ROUND_COLUMNS:
+            table.add_column(col, justify="right")
+        for rec in self.doc["rounds"]:
+            table.add_row(*(_fmt(rec.get(c)) for c in ROUND_COLUMNS))
+        self.console.print(table) if self.live else self._plain_table(table)
+        self.log(f"done in {elapsed_s:.1f}s; results: {self.path}")

@@ -1,0 +1,239 @@
+"""One federated experiment, written out: set-up, the round loop on rank 0, the client loop on
+ranks 1..N, and the final export. Without torchrun (world size 1) rank 0 trains every client
+itself, one after another: the simulation path, with the same seeds and the same arithmetic.
+
+Round r, as data flows:
+  rank 0 --broadcast(global state)--> ranks 1..N
+  each client rank: for each of its clients: load global, train locally, acc += n_i * theta_i
+  ranks 1..N --reduce(sum n_i*theta_i, sum n_i, sum loss)--> rank 0: aggregate, evaluate, record
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fl import comm, models
+from fl.client import client_seed, evaluate, train_local, train_steps
+from fl.config import Config, ConfigError
+from fl.data import Encoded, TaskData, encode, load_task
+from fl.partition import partition, public_split
+from fl.report import Reporter, environment
+from fl.strategies import Strategy, accumulate, get_strategy
+from fl.strategies.aggregate import State
+
+
+@dataclass
+class Setup:
+    """Everything a rank needs before round 1; built identically (same seeds) on every rank."""
+
+    cfg: Config
+    rt: comm.Runtime
+    strategy: Strategy
+    task: TaskData
+    shards: list[list[int]]  # client id -> indices into task.train
+    public_size: int
+    model: torch.nn.Module
+    tokenizer: Any
+    model_path: str
+    my_clients: list[int]  # clients this rank trains
+
+
+def clients_of_rank(rank: int, world_size: int, num_clients: int) -> list[int]:
+    """Round-robin: client c lives on client rank 1 + c % (world - 1); rank 0 in simulation."""
+    if world_size == 1:
+        return list(range(num_clients))
+    if rank == 0:
+        return []
+    return [c for c in range(num_clients) if 1 + c % (world_size - 1) == rank]
+
+
+def prepare(cfg: Config, rt: comm.Runtime) -> Setup:
+    """Load data, split it, build the model. Raises ConfigError before anything is written."""
+    if rt.world_size - 1 > cfg.num_clients:
+        raise ConfigError(
+            f"torchrun started {rt.world_size - 1} client ranks for num_clients={cfg.num_clients}; "
+            f"launch with --nproc_per_node={cfg.num_clients + 1} or fewer, or raise num_clients"
+        )
+    strategy = get_strategy(cfg)
+    task = load_task(cfg)
+    public, private = public_split(len(task.train), cfg.teacher_data_pct)
+    private_labels = [task.train.labels[i] for i in private]
+    try:
+        local = partition(private_labels, cfg.num_clients, cfg.partition, cfg.seed, cfg.dirichlet_alpha)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    shards = [[private.start + i for i in shard] for shard in local]
+    model, tokenizer, path = strategy.build_model(task.num_labels)
+    model.to(rt.device)
+    mine = clients_of_rank(rt.rank, rt.world_size, cfg.num_clients)
+    return Setup(cfg, rt, strategy, task, shards, len(public), model, tokenizer, path, mine)
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """Fail early, before training, if results cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"output_dir {str(run_dir.parent)!r} is not writable ({err.strerror}); pick another output_dir"
+        ) from None
+
+
+def snapshot(state: State) -> State:
+    """A detached copy (trainable-state dicts hold views of live parameters)."""
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def train_my_clients(s: Setup, round_idx: int, global_state: State, encoded: dict[int, Encoded], reporter: Reporter):
+    """Train this rank's clients from the global state; return (sum n_i*theta_i, [sum n, sum loss, sum seen])."""
+    cfg, plan = s.cfg, s.strategy.configure_round(round_idx)
+    acc: State | None = None
+    totals = [0.0, 0.0, 0.0]
+    for c in s.my_clients:
+        models.set_trainable_state(s.model, global_state)
+        res = train_local(
+            s.model,
+            encoded[c],
+            lr=plan["lr"],
+            epochs=plan["local_epochs"],
+            batch_size=cfg.batch_size,
+            seed=client_seed(cfg.seed, round_idx, c),
+            device=s.rt.device,
+            weight_decay=cfg.weight_decay,
+            on_step=reporter.step,
+        )
+        acc = accumulate(acc, models.get_trainable_state(s.model), float(res.num_examples))
+        totals = [totals[0] + res.num_examples, totals[1] + res.loss_sum, totals[2] + res.examples_seen]
+    if acc is None:  # rank 0 under torchrun holds no client: contribute zeros to the sum
+        acc = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in global_state.items()}
+    return acc, totals
+
+
+def save_final_model(s: Setup, run_dir: Path) -> Path:
+    """adapter/ (peft, loads with PeftModel.from_pretrained) or model/ (save_pretrained), atomically."""
+    name = "adapter" if models.is_peft(s.model) else "model"
+    final, tmp = run_dir / name, run_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    s.model.save_pretrained(tmp)
+    s.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def run(cfg: Config) -> dict[str, Any] | None:
+    """Run one experiment; returns the results document on rank 0 (None on other ranks)."""
+    start = time.perf_counter()
+    rt = comm.init(cfg.device, cfg.num_threads)
+    try:
+        doc = _run(cfg, rt, start)
+    except BaseException:
+        comm.shutdown(clean=False)  # peers may be gone: no barrier
+        raise
+    comm.shutdown()
+    return doc
+
+
+def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
+    error: ConfigError | None = None
+    try:
+        s = prepare(cfg, rt)
+        if rt.is_main:
+            check_output_dir(cfg.run_dir)
+    except ConfigError as err:
+        error = err
+    if not comm.all_ok(rt, error is None):  # every rank stops together, none waits forever
+        # one message for the job: rank 0's when it has one, else each failing rank's own
+        main_error = comm.broadcast_object(rt, str(error) if rt.is_main and error else None)
+        if rt.is_main or main_error is None:
+            raise error or ConfigError("another rank failed during set-up; see its message")
+        raise ConfigError(main_error, quiet=True)
+
+    reporter = Reporter(cfg.run_dir / "results.json", enabled=rt.is_main)
+    train = s.task.train
+    encoded = {c: encode(s.tokenizer, train.subset(s.shards[c]), cfg.max_length) for c in s.my_clients}
+    test = encode(s.tokenizer, s.task.test, cfg.max_length) if rt.is_main else None
+    trainable, total = models.count_parameters(s.model)
+    global_state = snapshot(models.get_trainable_state(s.model))
+    payload = comm.packed_nbytes(global_state)
+    reporter.partition_table(s.shards, train.labels, s.public_size)
+    reporter.log(
+        f"{cfg.scheme} on {cfg.task}: {len(train)} train ({s.public_size} public), {len(s.task.test)} test; "
+        f"model {s.model_path} ({trainable:,} of {total:,} parameters train, {payload:,} bytes travel); "
+        f"{rt.world_size} process(es), backend {rt.backend or 'none (simulation)'}, device {rt.device}"
+    )
+    reporter.begin(
+        cfg.to_dict(),
+        environment(rt.backend, rt.world_size, rt.device, rt.num_threads),
+        {
+            "model_path": s.model_path,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "payload_bytes": payload,
+            "public_examples": s.public_size,
+            "client_examples": [len(x) for x in s.shards],
+        },
+    )
+
+    def evaluate_global(round_idx: int, extra: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        m = evaluate(s.model, test, cfg.eval_batch_size, rt.device, s.task.num_labels)
+        rec = {"round": round_idx, **{f"test_{k}": v for k, v in m.items()}, **extra}
+        rec["time_eval_s"] = time.perf_counter() - t0
+        if "time_s" in rec:
+            rec["time_s"] += rec["time_eval_s"]
+        reporter.record(rec)
+
+    if rt.is_main:
+        evaluate_global(0, {"train_loss": None, "time_s": 0.0, "bytes_up": 0, "bytes_down": 0})
+    reporter.start(cfg.rounds)
+    for r in range(1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        comm.bytes_moved.take()
+        steps = sum(train_steps(len(encoded[c]), cfg.batch_size, cfg.local_epochs) for c in s.my_clients)
+        reporter.round_started(r, steps)
+        # rank 0 -> clients: the global state (other ranks pass a same-shaped buffer to receive into)
+        global_state, _ = comm.broadcast_state(rt, global_state)
+        t_train = time.perf_counter()
+        acc, totals = train_my_clients(s, r, global_state, encoded, reporter)
+        t_reduce = time.perf_counter()
+        weighted_sum, (n, loss_sum, seen) = comm.reduce_sum(rt, acc, totals)
+        t_agg = time.perf_counter()
+        if rt.is_main:
+            global_state = s.strategy.aggregate(weighted_sum, n, global_state)
+            models.set_trainable_state(s.model, global_state)
+            global_state = snapshot(models.get_trainable_state(s.model))
+            up, down = comm.bytes_moved.take()
+            if not rt.distributed:  # simulation: count what one-client-per-rank would move
+                up = down = payload * cfg.num_clients
+            evaluate_global(
+                r,
+                {
+                    "train_loss": loss_sum / max(seen, 1),
+                    "time_s": time.perf_counter() - t0,
+                    "time_train_s": t_reduce - t_train,
+                    "time_comm_s": (t_train - t0) + (t_agg - t_reduce),
+                    "time_aggregate_s": time.perf_counter() - t_agg,
+                    "bytes_up": up,
+                    "bytes_down": down,
+                    "num_examples": int(n),
+                },
+            )
+    reporter.stop()
+    if rt.is_main and cfg.save_model:
+        models.set_trainable_state(s.model, global_state)
+        path = save_final_model(s, cfg.run_dir)
+        reporter.log(f"final global model saved to {path}")
+    if rt.is_main:
+        reporter.finish(time.perf_counter() - start)
+        return reporter.doc
+    return None

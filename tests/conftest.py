@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny BERT and tokenizer built from a config, and a small learnable CSV task.
+
+Everything is made in a temp folder from code: offline, fast and deterministic.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+
+POSITIVE = ["good", "great", "fine", "nice", "fun", "best"]
+NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "worst"]
+NEUTRAL = ["the", "movie", "film", "plot", "was", "very", "a", "really", "story", "acting", "and", "it"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_sentences(n: int, seed: int) -> list[tuple[str, int]]:
+    """Sentences whose label is set by one sentiment word among neutral filler."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = rng.choices(NEUTRAL, k=rng.randint(3, 8))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT classifier and its WordPiece tokenizer, saved with save_pretrained."""
+    import inspect
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    vocab = out / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL) + "\n")
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers 5
+        tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    else:  # transformers 4
+        tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    assert "[UNK]" not in tok.tokenize(" ".join(POSITIVE + NEGATIVE + NEUTRAL))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    model = BertForSequenceClassification(config)
+    # A short supervised warm-up stands in for pre-training, so that LoRA on the frozen encoder
+    # can learn the tiny task; then a fresh head, as a pretrained checkpoint would have.
+    rows = make_sentences(256, 99)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(4):
+        for i in range(0, len(rows), 32):
+            texts, labels = zip(*rows[i : i + 32], strict=True)
+            batch = tok(list(texts), padding=True, return_tensors="pt")
+            loss = model(**batch, labels=torch.tensor(labels)).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.classifier.reset_parameters()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory) -> tuple[Path, Path]:
+    """(train.csv, test.csv): 200 and 60 sentences."""
+    out = tmp_path_factory.mktemp("tiny-task")
+    return write_csv(out / "train.csv", make_sentences(200, 1)), write_csv(out / "test.csv", make_sentences(60, 2))
+
+
+@pytest.fixture
+def tiny_overrides(tiny_model_dir, tiny_task, tmp_path) -> list[str]:
+    """key=value overrides that point a recipe at the tiny model and task, writing under tmp_path."""
+    train, test = tiny_task
+    return [
+        f"model={tiny_model_dir}",
+        "task=csv",
+        f"train_file={train}",
+        f"test_file={test}",
+        "num_clients=4",
+        "rounds=2",
+        "batch_size=16",
+        "lr=5e-3",
+        "max_length=16",
+        "lora_r=4",
+        "teacher_data_pct=20",
+        f"output_dir={tmp_path / 'out'}",
+        "run_name=tiny",
+        "num_threads=1",
+    ]

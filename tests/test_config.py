@@ -1,0 +1,72 @@
+import dataclasses
+
+import pytest
+
+from fl.config import Config, ConfigError, build_config, describe_keys, load_config, parse_overrides
+
+
+def test_defaults_are_valid_and_name_the_run():
+    cfg = Config()
+    assert cfg.scheme == "fedlora" and cfg.model == "embedded"
+    assert cfg.resolved_run_name == "fedlora-rotten_tomatoes-seed42"
+
+
+def test_overrides_are_typed(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("scheme: fedavg\nlr: 1.0e-3\nrounds: 2\n")
+    cfg = load_config(recipe, ["lr=2e-4", "rounds=5", "max_train_samples=none", "save_model=false", "data_dir=/x"])
+    assert cfg.scheme == "fedavg"
+    assert cfg.lr == pytest.approx(2e-4) and isinstance(cfg.lr, float)
+    assert cfg.rounds == 5 and cfg.max_train_samples is None and cfg.save_model is False
+    assert cfg.data_dir == "/x"
+
+
+def test_yaml_list_becomes_comma_string():
+    assert build_config({"lora_target_modules": ["query", "value"]}).lora_target_modules == "query,value"
+
+
+@pytest.mark.parametrize(
+    "values, needle",
+    [
+        ({"learning_rate": 1}, "unknown config key 'learning_rate'"),
+        ({"lrr": 1}, "did you mean lr"),
+        ({"scheme": "fedprox"}, "scheme='fedprox' is not valid; choose one of: fedavg, fedlora"),
+        ({"task": "mnli"}, "choose one of: rotten_tomatoes, sst2, cola, csv"),
+        ({"rounds": "two"}, "rounds='two' is not a valid int"),
+        ({"rounds": 1.5}, "rounds=1.5 is not a valid int"),
+        ({"rounds": 0}, "rounds=0 must be at least 1"),
+        ({"lr": -1}, "lr=-1.0 must be positive"),
+        ({"teacher_data_pct": 100}, "teacher_data_pct=100.0 must be in [0, 100)"),
+        ({"teacher_data_pct": -1}, "must be in [0, 100)"),
+        ({"task": "csv"}, "task=csv needs train_file"),
+        ({"save_model": "maybe"}, "save_model='maybe' is not a valid bool"),
+        ({"run_name": "a/b"}, "run_name='a/b' may hold only"),
+        ({"lora_dropout": 1.0}, "lora_dropout=1.0 must be in [0, 1)"),
+    ],
+)
+def test_bad_values_name_the_key(values, needle):
+    with pytest.raises(ConfigError) as err:
+        build_config(values)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_recipe_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scheme: [fedavg\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(scalar)
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_overrides(["rounds"])
+
+
+def test_help_lists_every_key_with_default():
+    text = describe_keys()
+    for f in dataclasses.fields(Config):
+        assert f"  {f.name}={f.default}" in text

@@ -1,0 +1,95 @@
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fl.config import Config, ConfigError
+from fl.data import RT_TEST_SIZE, TextDataset, check_leakage, collate, encode, load_rotten_tomatoes, load_task
+
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+
+def test_rotten_tomatoes_split_is_fixed_and_stratified():
+    train, test = load_rotten_tomatoes()
+    assert len(train) + len(test) == 8530 and len(test) == RT_TEST_SIZE
+    assert Counter(test.labels) == {0: 500, 1: 500}
+    assert not set(train.texts) & set(test.texts)
+    again = load_rotten_tomatoes()
+    assert again[1].texts == test.texts and again[0].texts[:50] == train.texts[:50]
+    # the package stores rows sorted by label: the shuffle must mix the public slice
+    assert 0.4 < sum(train.labels[:1506]) / 1506 < 0.6
+
+
+def test_csv_task_with_string_labels(tmp_path):
+    (tmp_path / "tr.tsv").write_text("sentence\tkind\nnice one\tpos\nawful\tneg\nok\tpos\n")
+    (tmp_path / "te.jsonl").write_text('{"sentence": "fine", "kind": "pos"}\n{"sentence": "bad", "kind": "neg"}\n')
+    cfg = Config(
+        task="csv",
+        train_file=str(tmp_path / "tr.tsv"),
+        test_file=str(tmp_path / "te.jsonl"),
+        text_column="sentence",
+        label_column="kind",
+    )
+    task = load_task(cfg)
+    assert task.train.labels == [1, 0, 1] and task.test.labels == [1, 0]  # sorted names: neg=0, pos=1
+    assert task.num_labels == 2 and task.metric == "accuracy"
+
+
+@pytest.mark.parametrize(
+    "train, test, columns, needle",
+    [
+        ("text,label\na,0\nb,1\n", "text,label\nc,2\n", {}, "label values ['2'] never occur"),
+        ("text,label\na,0\nb,0\n", "text,label\nc,0\n", {}, "single label"),
+        ("text,label\n", "text,label\nc,0\n", {}, "training data of task=csv is empty"),
+        ("txt,label\na,0\nb,1\n", "txt,label\nc,0\n", {}, "no column 'text'; set text_column="),
+    ],
+)
+def test_bad_csv_data(tmp_path, train, test, columns, needle):
+    (tmp_path / "tr.csv").write_text(train)
+    (tmp_path / "te.csv").write_text(test)
+    cfg = Config(task="csv", train_file=str(tmp_path / "tr.csv"), test_file=str(tmp_path / "te.csv"), **columns)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_task(cfg)
+
+
+def test_missing_files_and_dirs(tmp_path):
+    with pytest.raises(ConfigError, match="not found; check train_file"):
+        load_task(Config(task="csv", train_file=str(tmp_path / "no.csv"), test_file=str(tmp_path / "no.csv")))
+    with pytest.raises(ConfigError, match="is not a folder"):
+        load_task(Config(task="sst2", data_dir=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="SST-2/train.tsv and dev.tsv"):
+        load_task(Config(task="sst2", data_dir=str(tmp_path)))
+
+
+def test_leakage_is_refused():
+    train = TextDataset(["It's great!", "bad"], [1, 0])
+    with pytest.raises(ConfigError, match="1 of 1 test sentences also occur"):
+        check_leakage(train, TextDataset(["it s great"], [1]))
+    check_leakage(train, TextDataset(["something else"], [1]))
+
+
+@pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue not present")
+@pytest.mark.parametrize(
+    "task, n_train, n_test, metric", [("sst2", 67349, 872, "accuracy"), ("cola", 8551, 1043, "mcc")]
+)
+def test_glue_dir_layout(task, n_train, n_test, metric):
+    data = load_task(Config(task=task, data_dir=str(GLUE)))
+    assert (len(data.train), len(data.test), data.metric, data.num_labels) == (n_train, n_test, metric, 2)
+    assert set(data.train.labels) == {0, 1}
+
+
+def test_max_samples_and_padding(tiny_model_dir, tiny_task):
+    from transformers import AutoTokenizer
+
+    train, test = tiny_task
+    task = load_task(
+        Config(task="csv", train_file=str(train), test_file=str(test), max_train_samples=10, max_eval_samples=5)
+    )
+    assert len(task.train) == 10 and len(task.test) == 5
+    enc = encode(AutoTokenizer.from_pretrained(tiny_model_dir), task.train, max_length=6)
+    assert max(len(x) for x in enc.input_ids) <= 6
+    batch = collate(enc, [0, 1, 2])
+    width = max(len(enc.input_ids[i]) for i in (0, 1, 2))
+    assert batch["input_ids"].shape == (3, width) == batch["attention_mask"].shape
+    assert batch["attention_mask"].sum().item() == sum(len(enc.input_ids[i]) for i in (0, 1, 2))
