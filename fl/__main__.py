@@ -1,8 +1,6 @@
 """`python -m fl ...` is the `fl` console script."""
 
-import sys
-
-from fl.cli import main
+from fl.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,4 +1,4 @@
-"""Command line: `fl run <recipe.yaml> [key=value ...]`.
+"""Command line: `fl run <recipe.yaml> [key=value ...]` and `fl pretrain-teacher <recipe.yaml> ...`.
 
 Bad input ends with one line on stderr (`error: ...`) and exit code 2, before anything is
 written; `fl run --help` lists every config key with its default and meaning.
@@ -24,6 +24,15 @@ config keys (recipe YAML keys, or key=value overrides; later wins):
 """
 
 
+PRETRAIN_EPILOG = """\
+examples:
+  fl pretrain-teacher recipes/fedkdlora.yaml          # then: fl run recipes/fedkdlora.yaml
+  fl pretrain-teacher recipes/sst2-fedkdlora.yaml data_dir=../shared/data/glue
+
+config keys (recipe YAML keys, or key=value overrides; later wins):
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl", description="Federated fine-tuning of language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -36,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("recipe", help="recipe YAML (see recipes/)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    pre = sub.add_parser(
+        "pretrain-teacher",
+        help="fine-tune the FedKDLoRA teacher on the public slice",
+        description=(
+            "Fine-tune teacher_model on the public slice (the first teacher_data_pct%% of train) for "
+            "teacher_pretrain_epochs, evaluate it on the test split after every epoch, and save it to "
+            "<output_dir>/<run_name or teacher-<task>-seed<seed>>/teacher (pass that folder as teacher_ckpt) "
+            "with teacher_metrics.json beside it."
+        ),
+        epilog=PRETRAIN_EPILOG + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pre.add_argument("recipe", help="recipe YAML (e.g. recipes/fedkdlora.yaml)")
+    pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
@@ -50,9 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         cfg = load_config(args.recipe, args.overrides)
-        from fl.server import run  # heavy imports only once the config is known to be good
+        if args.command == "pretrain-teacher":
+            from fl.teacher import pretrain_teacher  # heavy imports only once the config is good
 
-        run(cfg)
+            pretrain_teacher(cfg)
+        else:
+            from fl.server import run
+
+            run(cfg)
     except ConfigError as err:
         if not err.quiet:
             prefix = "error" if _is_main_process() else f"error (rank {os.environ.get('RANK')})"
@@ -62,3 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; results.json holds every finished round", file=sys.stderr)
         return 130
     return 0
+
+
+def entry() -> None:
+    """Console-script and `python -m fl` entry point."""
+    code = main()
+    if "RANK" in os.environ:
+        # Under torchrun, leave without interpreter finalization: gloo's worker threads can still
+        # hold tensors there and abort the process ('terminate called without an active exception')
+        # after all work is done and saved. Everything is flushed and on disk by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

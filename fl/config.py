@@ -32,7 +32,8 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
-SCHEMES = ("fedavg", "fedlora")
+SCHEMES = ("fedavg", "fedlora", "fedkdlora")
+KD_PLACEMENTS = ("server", "clients")
 TASKS = ("rotten_tomatoes", "sst2", "cola", "csv")
 PARTITIONS = ("contiguous", "iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
@@ -80,6 +81,30 @@ class Config:
     lr: float = _f(2e-3, "AdamW learning rate on the clients")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     seed: int = _f(42, "seed for partitions, initialisation, shuffling and dropout")
+    # knowledge distillation (scheme=fedkdlora and `fl pretrain-teacher`)
+    teacher_model: str = _f("embedded", "pretrain-teacher: hub name or folder the teacher is fine-tuned from")
+    teacher_ckpt: str | None = _f(
+        None, "fedkdlora: the pre-trained teacher (folder written by `fl pretrain-teacher`, or a hub name)"
+    )
+    teacher_pretrain_epochs: int = _f(3, "pretrain-teacher: epochs on the public slice")
+    teacher_lr: float = _f(5e-5, "pretrain-teacher: AdamW learning rate (full fine-tuning)")
+    student_layers: int | None = _f(
+        None, "fedkdlora: build the student from teacher_ckpt keeping k evenly spaced layers; unset: use model"
+    )
+    kd_placement: str = _f(
+        "server",
+        "server: mutual distillation on rank 0 after averaging (the original); clients: teacher logits go "
+        "to the clients, their student logits come back",
+        KD_PLACEMENTS,
+    )
+    kd_epochs: int = _f(1, "distillation epochs per round over the round's public examples")
+    kd_public_examples: int | None = _f(
+        512, "public examples distilled on per round (a seeded sample of the public slice); unset: all"
+    )
+    distill_lr: float = _f(2e-5, "AdamW learning rate of the teacher while it learns from the student")
+    kd_alpha: float = _f(0.5, "weight of the T^2-scaled KL term; 1 - kd_alpha weighs cross-entropy")
+    kd_temperature: float = _f(2.0, "distillation temperature T")
+    kd_attention_weight: float = _f(0.0, "weight of the attention-map MSE term (student layer i <-> teacher i*Lt/Ls)")
     # where and how
     device: str = _f("auto", "auto: CUDA when available (one GPU per rank), else CPU", DEVICES)
     num_threads: int | None = _f(None, "torch CPU threads per process; unset: cores / busy ranks")
@@ -123,6 +148,26 @@ class Config:
             raise ConfigError(f"lora_alpha={self.lora_alpha} must be positive")
         if self.dirichlet_alpha <= 0:
             raise ConfigError(f"dirichlet_alpha={self.dirichlet_alpha} must be positive")
+        for key in ("teacher_pretrain_epochs", "kd_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
+        for key in ("student_layers", "kd_public_examples"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}={value} must be at least 1 (or unset)")
+        for key in ("teacher_lr", "distill_lr", "kd_temperature"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}={getattr(self, key)} must be positive")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise ConfigError(f"kd_alpha={self.kd_alpha} must be in [0, 1]")
+        if self.kd_attention_weight < 0:
+            raise ConfigError(f"kd_attention_weight={self.kd_attention_weight} must be >= 0")
+        if self.scheme == "fedkdlora" and not self.teacher_ckpt:
+            raise ConfigError(
+                "scheme=fedkdlora needs teacher_ckpt=<folder>; make one with `fl pretrain-teacher <recipe>`"
+            )
+        if self.scheme == "fedkdlora" and self.teacher_data_pct <= 0:
+            raise ConfigError("scheme=fedkdlora needs a public slice: set teacher_data_pct > 0 (e.g. 20)")
         if self.task == "csv" and not (self.train_file and self.test_file):
             raise ConfigError("task=csv needs train_file=<path> and test_file=<path>")
         if not self.model:

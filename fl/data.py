@@ -221,6 +221,9 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, rows: Sequence[int]) -> Encoded:
+        return Encoded([self.input_ids[i] for i in rows], [self.labels[i] for i in rows], self.pad_id)
+
 
 def encode(tokenizer, data: TextDataset, max_length: int) -> Encoded:
     ids = tokenizer(data.texts, truncation=True, max_length=max_length)["input_ids"]

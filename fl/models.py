@@ -100,13 +100,17 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_classifier(path: str, num_labels: int, seed: int) -> nn.Module:
-    """AutoModelForSequenceClassification with a seeded head (identical on every rank)."""
+def load_classifier(path: str, num_labels: int, seed: int, eager_attention: bool = False) -> nn.Module:
+    """AutoModelForSequenceClassification with a seeded head (identical on every rank).
+
+    eager_attention: the plain attention kernel, which can return attention maps (for KD).
+    """
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
+    extra = {"attn_implementation": "eager"} if eager_attention else {}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **extra)
     except (OSError, ValueError) as err:
         raise _load_error(path, err) from None
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:
@@ -175,15 +179,66 @@ def set_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
             param.copy_(state[name])
 
 
+def load_base(cfg: Config, num_labels: int) -> tuple[nn.Module, str]:
+    """(classifier without LoRA, source path): `model`, or teacher_ckpt cut to `student_layers`."""
+    eager = cfg.kd_attention_weight > 0
+    if cfg.student_layers:
+        path = resolve_model(cfg.teacher_ckpt or "")
+        return keep_layers(load_classifier(path, num_labels, cfg.seed, eager), cfg.student_layers), path
+    path = resolve_model(cfg.model)
+    return load_classifier(path, num_labels, cfg.seed, eager), path
+
+
 def build_model(cfg: Config, num_labels: int, lora: bool):
     """(model, tokenizer, resolved path) ready for the scheme; nothing is written to disk."""
     quiet_transformers()
-    path = resolve_model(cfg.model)
+    model, path = load_base(cfg, num_labels)
     tokenizer = load_tokenizer(path)
-    model = load_classifier(path, num_labels, cfg.seed)
     if lora:
         model = wrap_lora(model, cfg)
     return model, tokenizer, path
+
+
+def load_teacher(cfg: Config, num_labels: int):
+    """(teacher, tokenizer, path) from teacher_ckpt; its label count must match the task's."""
+    quiet_transformers()
+    path = resolve_model(cfg.teacher_ckpt or "")
+    teacher = load_classifier(path, num_labels, cfg.seed, cfg.kd_attention_weight > 0)
+    trained_labels = getattr(teacher.config, "num_labels", num_labels)
+    if trained_labels != num_labels:  # pragma: no cover - from_pretrained usually raises first
+        raise ConfigError(
+            f"teacher {path!r} has {trained_labels} labels, the task {num_labels}; pre-train it on this task"
+        )
+    return teacher, load_tokenizer(path), path
+
+
+def layer_stack(model: nn.Module) -> tuple[nn.Module, str]:
+    """(parent module, attribute name) of the transformer's list of layers."""
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        for attr, child in module.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) == n and attr in ("layer", "layers", "h"):
+                return module, attr
+    raise ConfigError(
+        f"cannot find the layer list of {type(model).__name__}; student_layers works for BERT-like models"
+    )
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """k of n layer indices, evenly spaced from the first (6 of 12 -> 0,2,4,6,8,10; 3 of 6 -> 0,2,4)."""
+    return [i * n // k for i in range(k)]
+
+
+def keep_layers(model: nn.Module, k: int) -> nn.Module:
+    """Cut a classifier to k evenly spaced layers (DistilBERT's initialisation), in place."""
+    n = model.config.num_hidden_layers
+    if not 1 <= k <= n:
+        raise ConfigError(f"student_layers={k} must be between 1 and the teacher's {n} layers")
+    parent, attr = layer_stack(model)
+    layers = getattr(parent, attr)
+    setattr(parent, attr, nn.ModuleList([layers[i] for i in evenly_spaced(n, k)]))
+    model.config.num_hidden_layers = k
+    return model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

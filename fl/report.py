@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from fl.config import ConfigError
 
 ROUND_COLUMNS = (
     "round",
@@ -46,6 +49,30 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """Fail early, before training, if results cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"output_dir {str(run_dir.parent)!r} is not writable ({err.strerror}); pick another output_dir"
+        ) from None
+
+
+def save_pretrained_atomic(model: torch.nn.Module, tokenizer: Any, final: Path) -> Path:
+    """save_pretrained into a temp folder, then rename: a crash never leaves half a model."""
+    tmp = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
 
 
 def cpu_model() -> str:

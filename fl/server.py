@@ -10,7 +10,6 @@ Round r, as data flows:
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,16 @@ from typing import Any
 import torch
 
 from fl import comm, models
-from fl.client import client_seed, evaluate, train_local, train_steps
+from fl.client import KDTargets, client_seed, evaluate, predict, train_local, train_steps
 from fl.config import Config, ConfigError
 from fl.data import Encoded, TaskData, encode, load_task
 from fl.partition import partition, public_split
-from fl.report import Reporter, environment
+from fl.report import Reporter, check_output_dir, environment, save_pretrained_atomic
 from fl.strategies import Strategy, accumulate, get_strategy
 from fl.strategies.aggregate import State
+
+KD_TARGETS = "__kd_teacher_logits__"  # travels down with the global state: [P, K]
+KD_LOGITS = "__kd_student_logits__"  # travels up with the adapter sum: sum_i n_i * logits_i, [P, K]
 
 
 @dataclass
@@ -75,26 +77,24 @@ def prepare(cfg: Config, rt: comm.Runtime) -> Setup:
     return Setup(cfg, rt, strategy, task, shards, len(public), model, tokenizer, path, mine)
 
 
-def check_output_dir(run_dir: Path) -> None:
-    """Fail early, before training, if results cannot be written."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(
-            f"output_dir {str(run_dir.parent)!r} is not writable ({err.strerror}); pick another output_dir"
-        ) from None
-
-
 def snapshot(state: State) -> State:
     """A detached copy (trainable-state dicts hold views of live parameters)."""
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def train_my_clients(s: Setup, round_idx: int, global_state: State, encoded: dict[int, Encoded], reporter: Reporter):
-    """Train this rank's clients from the global state; return (sum n_i*theta_i, [sum n, sum loss, sum seen])."""
+def train_my_clients(
+    s: Setup,
+    round_idx: int,
+    global_state: State,
+    encoded: dict[int, Encoded],
+    reporter: Reporter,
+    kd: KDTargets | None = None,
+) -> tuple[State, list[float]]:
+    """Train this rank's clients from the global state.
+
+    Returns (sum_i n_i * theta_i, [sum n_i, sum loss, sum examples seen]); with `kd`, the state also
+    holds KD_LOGITS: sum_i n_i * (client i's student logits on the public rows), [P, K].
+    """
     cfg, plan = s.cfg, s.strategy.configure_round(round_idx)
     acc: State | None = None
     totals = [0.0, 0.0, 0.0]
@@ -109,25 +109,25 @@ def train_my_clients(s: Setup, round_idx: int, global_state: State, encoded: dic
             seed=client_seed(cfg.seed, round_idx, c),
             device=s.rt.device,
             weight_decay=cfg.weight_decay,
+            kd=kd,
             on_step=reporter.step,
         )
-        acc = accumulate(acc, models.get_trainable_state(s.model), float(res.num_examples))
+        sent = dict(models.get_trainable_state(s.model))
+        if kd is not None:
+            sent[KD_LOGITS] = predict(s.model, kd.data, cfg.eval_batch_size, s.rt.device)
+        acc = accumulate(acc, sent, float(res.num_examples))
         totals = [totals[0] + res.num_examples, totals[1] + res.loss_sum, totals[2] + res.examples_seen]
     if acc is None:  # rank 0 under torchrun holds no client: contribute zeros to the sum
         acc = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in global_state.items()}
+        if kd is not None:
+            acc[KD_LOGITS] = torch.zeros_like(kd.logits, dtype=torch.float32)
     return acc, totals
 
 
 def save_final_model(s: Setup, run_dir: Path) -> Path:
-    """adapter/ (peft, loads with PeftModel.from_pretrained) or model/ (save_pretrained), atomically."""
+    """adapter/ (peft, loads with PeftModel.from_pretrained) or model/ (save_pretrained), tokenizer included."""
     name = "adapter" if models.is_peft(s.model) else "model"
-    final, tmp = run_dir / name, run_dir / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    s.model.save_pretrained(tmp)
-    s.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+    return save_pretrained_atomic(s.model, s.tokenizer, run_dir / name)
 
 
 def run(cfg: Config) -> dict[str, Any] | None:
@@ -159,9 +159,13 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
         raise ConfigError(main_error, quiet=True)
 
     reporter = Reporter(cfg.run_dir / "results.json", enabled=rt.is_main)
-    train = s.task.train
+    strategy, train, num_labels = s.strategy, s.task.train, s.task.num_labels
     encoded = {c: encode(s.tokenizer, train.subset(s.shards[c]), cfg.max_length) for c in s.my_clients}
     test = encode(s.tokenizer, s.task.test, cfg.max_length) if rt.is_main else None
+    # KD on clients: every rank tokenizes the public slice for the student (it is public data)
+    public = encode(s.tokenizer, train.subset(range(s.public_size)), cfg.max_length) if strategy.kd_on_clients else None
+    if rt.is_main:
+        strategy.setup_server(s.task, s.public_size, s.tokenizer, rt.device)
     trainable, total = models.count_parameters(s.model)
     global_state = snapshot(models.get_trainable_state(s.model))
     payload = comm.packed_nbytes(global_state)
@@ -186,51 +190,73 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
 
     def evaluate_global(round_idx: int, extra: dict[str, Any]) -> None:
         t0 = time.perf_counter()
-        m = evaluate(s.model, test, cfg.eval_batch_size, rt.device, s.task.num_labels)
-        rec = {"round": round_idx, **{f"test_{k}": v for k, v in m.items()}, **extra}
+        m = evaluate(s.model, test, cfg.eval_batch_size, rt.device, num_labels)
+        rec = {"round": round_idx, **{f"test_{k}": v for k, v in m.items()}, **extra, **strategy.evaluate_extra()}
         rec["time_eval_s"] = time.perf_counter() - t0
         if "time_s" in rec:
             rec["time_s"] += rec["time_eval_s"]
         reporter.record(rec)
 
     if rt.is_main:
-        evaluate_global(0, {"train_loss": None, "time_s": 0.0, "bytes_up": 0, "bytes_down": 0})
+        evaluate_global(0, {"train_loss": None, "time_s": 0.0, "bytes_up": 0, "bytes_down": 0, "bytes_logits": 0})
     reporter.start(cfg.rounds)
     for r in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
         comm.bytes_moved.take()
         steps = sum(train_steps(len(encoded[c]), cfg.batch_size, cfg.local_epochs) for c in s.my_clients)
         reporter.round_started(r, steps)
-        # rank 0 -> clients: the global state (other ranks pass a same-shaped buffer to receive into)
-        global_state, _ = comm.broadcast_state(rt, global_state)
+        # rank 0 -> clients: the global state [+ teacher logits on the round's public rows], one buffer;
+        # the other ranks pass same-shaped tensors to receive into
+        down = dict(global_state)
+        rows = strategy.public_rows(r, s.public_size)  # [] for schemes without distillation
+        kd_down = bool(rows) and strategy.kd_on_clients
+        if kd_down:
+            down[KD_TARGETS] = strategy.teacher_logits(rows) if rt.is_main else torch.zeros(len(rows), num_labels)
+        down, _ = comm.broadcast_state(rt, down)
+        kd = None
+        if kd_down:
+            targets = down.pop(KD_TARGETS)
+            kd = KDTargets(public.subset(rows), targets, cfg.kd_alpha, cfg.kd_temperature)
+        global_state = down
         t_train = time.perf_counter()
-        acc, totals = train_my_clients(s, r, global_state, encoded, reporter)
+        acc, totals = train_my_clients(s, r, global_state, encoded, reporter, kd)
         t_reduce = time.perf_counter()
+        # clients -> rank 0: sum n_i * theta_i [+ sum n_i * logits_i], sum n_i, losses; one buffer
         weighted_sum, (n, loss_sum, seen) = comm.reduce_sum(rt, acc, totals)
         t_agg = time.perf_counter()
-        if rt.is_main:
-            global_state = s.strategy.aggregate(weighted_sum, n, global_state)
-            models.set_trainable_state(s.model, global_state)
-            global_state = snapshot(models.get_trainable_state(s.model))
-            up, down = comm.bytes_moved.take()
-            if not rt.distributed:  # simulation: count what one-client-per-rank would move
-                up = down = payload * cfg.num_clients
-            evaluate_global(
-                r,
-                {
-                    "train_loss": loss_sum / max(seen, 1),
-                    "time_s": time.perf_counter() - t0,
-                    "time_train_s": t_reduce - t_train,
-                    "time_comm_s": (t_train - t0) + (t_agg - t_reduce),
-                    "time_aggregate_s": time.perf_counter() - t_agg,
-                    "bytes_up": up,
-                    "bytes_down": down,
-                    "num_examples": int(n),
-                },
-            )
+        if not rt.is_main:
+            continue
+        ensemble = weighted_sum.pop(KD_LOGITS) / n if kd_down else None
+        global_state = strategy.aggregate(weighted_sum, n, global_state)
+        models.set_trainable_state(s.model, global_state)
+        t_server = time.perf_counter()
+        server_metrics = strategy.server_update(s.model, r, rows, ensemble)
+        t_done = time.perf_counter()
+        global_state = snapshot(models.get_trainable_state(s.model))
+        logits_bytes = len(rows) * num_labels * 4 if kd_down else 0
+        up, down_bytes = comm.bytes_moved.take()
+        senders = rt.client_ranks if rt.distributed else cfg.num_clients
+        if not rt.distributed:  # simulation: count what one client per rank would move
+            up = down_bytes = (payload + logits_bytes) * senders
+        evaluate_global(
+            r,
+            {
+                "train_loss": loss_sum / max(seen, 1),
+                "time_s": time.perf_counter() - t0,
+                "time_train_s": t_reduce - t_train,
+                "time_comm_s": (t_train - t0) + (t_agg - t_reduce),
+                "time_aggregate_s": t_server - t_agg,
+                "time_server_kd_s": t_done - t_server,
+                "bytes_up": up,
+                "bytes_down": down_bytes,
+                "bytes_logits": 2 * logits_bytes * senders,
+                "num_examples": int(n),
+                **server_metrics,
+            },
+        )
     reporter.stop()
     if rt.is_main and cfg.save_model:
-        models.set_trainable_state(s.model, global_state)
+        strategy.save_extras(cfg.run_dir, s.model, s.tokenizer)
         path = save_final_model(s, cfg.run_dir)
         reporter.log(f"final global model saved to {path}")
     if rt.is_main:

@@ -17,6 +17,6 @@ def test_there_are_recipes():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_is_valid_and_documents_its_command(path):
     cfg = load_config(path)
-    assert cfg.scheme in ("fedavg", "fedlora")
+    assert cfg.scheme in ("fedavg", "fedlora", "fedkdlora")
     header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
     assert path.name in header and ("fl run" in header or "run.sh" in header)

@@ -33,21 +33,14 @@ ROUND_KEYS = {
 }
 
 
-def run_torchrun(nproc: int, overrides: list[str]) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "fl",
-        "run",
-        str(RECIPE),
-        *overrides,
-    ]
+def run_torchrun(nproc: int, overrides: list[str], recipe: Path = RECIPE) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "fl", "run", str(recipe), *overrides]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    if proc.returncode != 0:  # keep the whole log: torchrun's summary alone hides the cause
+        Path("/tmp/fl-torchrun-failure.log").write_text(proc.stdout + proc.stderr)
+    return proc
 
 
 def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:

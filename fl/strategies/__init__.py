@@ -6,9 +6,10 @@ from fl.config import Config
 from fl.strategies.aggregate import Update, accumulate, finalize, weighted_average
 from fl.strategies.base import Strategy
 from fl.strategies.fedavg import FedAvg
+from fl.strategies.fedkdlora import FedKDLoRA
 from fl.strategies.fedlora import FedLoRA
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedlora": FedLoRA}
+STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedlora": FedLoRA, "fedkdlora": FedKDLoRA}
 
 
 def get_strategy(cfg: Config) -> Strategy:
@@ -17,4 +18,14 @@ def get_strategy(cfg: Config) -> Strategy:
     return STRATEGIES[cfg.scheme](cfg)
 
 
-__all__ = ["Strategy", "FedAvg", "FedLoRA", "Update", "accumulate", "finalize", "weighted_average", "get_strategy"]
+__all__ = [
+    "Strategy",
+    "FedAvg",
+    "FedLoRA",
+    "FedKDLoRA",
+    "Update",
+    "accumulate",
+    "finalize",
+    "weighted_average",
+    "get_strategy",
+]

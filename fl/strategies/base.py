@@ -7,12 +7,15 @@ hands the strategy sums to turn into the next global state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from fl import models
 from fl.config import Config
+from fl.data import TaskData
 from fl.strategies.aggregate import State, finalize
 
 
@@ -35,3 +38,29 @@ class Strategy:
     def aggregate(self, weighted_sum: State, total_examples: float, previous: State) -> State:
         """Next global state from sum_i n_i * theta_i and sum_i n_i (FedAvg's mean)."""
         return finalize(weighted_sum, total_examples)
+
+    # ---- server-side hooks (no-ops here; FedKDLoRA fills them) --------------------------------
+    kd_on_clients: bool = False  # whether teacher logits travel to clients each round
+
+    def public_rows(self, round_idx: int, public_size: int) -> list[int]:
+        """Public rows distilled on this round, as indices into the public slice (none without KD)."""
+        return []
+
+    def setup_server(self, task: TaskData, public_size: int, tokenizer: Any, device: torch.device) -> None:
+        """Rank 0, once before round 0: load server-side models and data."""
+
+    def teacher_logits(self, rows: list[int]) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} sends no teacher logits")
+
+    def server_update(
+        self, model: nn.Module, round_idx: int, rows: list[int], ensemble: torch.Tensor | None
+    ) -> dict[str, float]:
+        """Rank 0, after aggregation: server-side training on the new global model; returns metrics."""
+        return {}
+
+    def evaluate_extra(self) -> dict[str, float]:
+        """Rank 0: metrics beyond the global model's (e.g. the teacher's), merged into the record."""
+        return {}
+
+    def save_extras(self, run_dir: Path, model: nn.Module, tokenizer: Any) -> None:
+        """Rank 0, before the global model is exported: anything else worth keeping."""
