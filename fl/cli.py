@@ -86,6 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix = "error" if _is_main_process() else f"error (rank {os.environ.get('RANK')})"
             print(f"{prefix}: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a job stopped part-way: one clear line from rank 0, not a traceback
+        from fl.server import RunStopped
+
+        if not isinstance(err, RunStopped):
+            raise
+        if _is_main_process():
+            print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; results.json holds every finished round", file=sys.stderr)
         return 130

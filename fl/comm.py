@@ -186,6 +186,16 @@ def reduce_sum(
     return unpack(buf, state, len(scalars))
 
 
+def is_comm_failure(err: BaseException) -> bool:
+    """Whether an exception came from a collective whose peer died or went silent."""
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("connection closed", "connection reset", "timed out", "broken pipe", "gloo")
+    )
+
+
 def broadcast_object(rt: Runtime, obj: object, src: int = 0) -> object:
     """Small Python objects (round plans, stop signals); not counted as payload bytes."""
     if not rt.distributed:

@@ -105,6 +105,21 @@ class Config:
     kd_alpha: float = _f(0.5, "weight of the T^2-scaled KL term; 1 - kd_alpha weighs cross-entropy")
     kd_temperature: float = _f(2.0, "distillation temperature T")
     kd_attention_weight: float = _f(0.0, "weight of the attention-map MSE term (student layer i <-> teacher i*Lt/Ls)")
+    # reliability
+    checkpoint_every: int = _f(1, "write a checkpoint every N rounds (0: never); the last round always")
+    keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
+    resume: str = _f(
+        "false", "true: continue from this run's newest checkpoint (fresh start if none); or a checkpoint path"
+    )
+    collective_timeout_s: float = _f(1800.0, "seconds a collective may wait for a silent rank before failing")
+    max_update_norm: float | None = _f(
+        None, "reject a client update whose L2 distance from the global state exceeds this (unset: off)"
+    )
+    fault_inject: str | None = _f(
+        None,
+        "TEST ONLY: 'nan:client=C:round=R' sends NaN from client C; 'exit:rank=K:round=R' kills rank K "
+        "(R may be '*' for every round)",
+    )
     # where and how
     device: str = _f("auto", "auto: CUDA when available (one GPU per rank), else CPU", DEVICES)
     num_threads: int | None = _f(None, "torch CPU threads per process; unset: cores / busy ranks")
@@ -162,6 +177,14 @@ class Config:
             raise ConfigError(f"kd_alpha={self.kd_alpha} must be in [0, 1]")
         if self.kd_attention_weight < 0:
             raise ConfigError(f"kd_attention_weight={self.kd_attention_weight} must be >= 0")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        if self.collective_timeout_s <= 0:
+            raise ConfigError(f"collective_timeout_s={self.collective_timeout_s} must be positive")
+        if self.max_update_norm is not None and self.max_update_norm <= 0:
+            raise ConfigError(f"max_update_norm={self.max_update_norm} must be positive (or unset)")
+        if self.fault_inject is not None:
+            parse_fault(self.fault_inject)
         if self.scheme == "fedkdlora" and not self.teacher_ckpt:
             raise ConfigError(
                 "scheme=fedkdlora needs teacher_ckpt=<folder>; make one with `fl pretrain-teacher <recipe>`"
@@ -186,6 +209,14 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_fault(spec: str) -> tuple[str, str, int, int | None]:
+    """'nan:client=1:round=2' -> ('nan', 'client', 1, 2); round '*' -> None (every round)."""
+    m = re.fullmatch(r"(nan|exit):(client|rank)=(\d+):round=(\d+|\*)", spec.strip())
+    if not m or (m[1] == "nan") != (m[2] == "client"):
+        raise ConfigError(f"fault_inject={spec!r} is not valid; use 'nan:client=C:round=R' or 'exit:rank=K:round=R'")
+    return m[1], m[2], int(m[3]), None if m[4] == "*" else int(m[4])
 
 
 # ---- parsing --------------------------------------------------------------------------------

@@ -203,12 +203,15 @@ def load_teacher(cfg: Config, num_labels: int):
     """(teacher, tokenizer, path) from teacher_ckpt; its label count must match the task's."""
     quiet_transformers()
     path = resolve_model(cfg.teacher_ckpt or "")
-    teacher = load_classifier(path, num_labels, cfg.seed, cfg.kd_attention_weight > 0)
-    trained_labels = getattr(teacher.config, "num_labels", num_labels)
-    if trained_labels != num_labels:  # pragma: no cover - from_pretrained usually raises first
+    from transformers import AutoConfig
+
+    trained_labels = AutoConfig.from_pretrained(path).num_labels
+    if trained_labels != num_labels:
         raise ConfigError(
-            f"teacher {path!r} has {trained_labels} labels, the task {num_labels}; pre-train it on this task"
+            f"teacher {path!r} has {trained_labels} labels but the task has {num_labels}; "
+            "pre-train a teacher on this task with `fl pretrain-teacher`"
         )
+    teacher = load_classifier(path, num_labels, cfg.seed, cfg.kd_attention_weight > 0)
     return teacher, load_tokenizer(path), path
 
 

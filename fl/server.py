@@ -10,6 +10,8 @@ Round r, as data flows:
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,9 @@ from typing import Any
 import torch
 
 from fl import comm, models
+from fl.checkpoint import find_resume_point, load_checkpoint, save_checkpoint, split_prefix, with_prefix
 from fl.client import KDTargets, client_seed, evaluate, predict, train_local, train_steps
-from fl.config import Config, ConfigError
+from fl.config import Config, ConfigError, parse_fault
 from fl.data import Encoded, TaskData, encode, load_task
 from fl.partition import partition, public_split
 from fl.report import Reporter, check_output_dir, environment, save_pretrained_atomic
@@ -92,12 +95,13 @@ def train_my_clients(
 ) -> tuple[State, list[float]]:
     """Train this rank's clients from the global state.
 
-    Returns (sum_i n_i * theta_i, [sum n_i, sum loss, sum examples seen]); with `kd`, the state also
-    holds KD_LOGITS: sum_i n_i * (client i's student logits on the public rows), [P, K].
+    Returns (sum_i n_i * theta_i, [sum n_i, sum loss, sum examples seen, rejected_0..rejected_{C-1}]);
+    with `kd`, the state also holds KD_LOGITS: sum_i n_i * (client i's logits on the public rows).
+    An update with NaN/Inf or too far from the global state is left out and flagged as rejected.
     """
     cfg, plan = s.cfg, s.strategy.configure_round(round_idx)
     acc: State | None = None
-    totals = [0.0, 0.0, 0.0]
+    totals = [0.0, 0.0, 0.0] + [0.0] * cfg.num_clients
     for c in s.my_clients:
         models.set_trainable_state(s.model, global_state)
         res = train_local(
@@ -113,15 +117,40 @@ def train_my_clients(
             on_step=reporter.step,
         )
         sent = dict(models.get_trainable_state(s.model))
+        if fault_hits(cfg, "client", c, round_idx):  # test-only: this client sends garbage
+            sent = {k: torch.full_like(v, float("nan")) for k, v in sent.items()}
+        if update_problem(sent, global_state, cfg.max_update_norm) is not None:
+            totals[3 + c] = 1.0
+            continue
         if kd is not None:
             sent[KD_LOGITS] = predict(s.model, kd.data, cfg.eval_batch_size, s.rt.device)
         acc = accumulate(acc, sent, float(res.num_examples))
-        totals = [totals[0] + res.num_examples, totals[1] + res.loss_sum, totals[2] + res.examples_seen]
+        totals[:3] = [totals[0] + res.num_examples, totals[1] + res.loss_sum, totals[2] + res.examples_seen]
     if acc is None:  # rank 0 under torchrun holds no client: contribute zeros to the sum
         acc = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in global_state.items()}
         if kd is not None:
             acc[KD_LOGITS] = torch.zeros_like(kd.logits, dtype=torch.float32)
     return acc, totals
+
+
+def update_problem(update: State, global_state: State, max_norm: float | None) -> str | None:
+    """Why an update must be left out (non-finite, or farther than max_norm from the global), or None."""
+    sq = 0.0
+    for k, v in update.items():
+        if not torch.isfinite(v).all():
+            return f"non-finite values in {k}"
+        sq += float(((v.float() - global_state[k].float()) ** 2).sum())
+    if max_norm is not None and sq**0.5 > max_norm:
+        return f"update norm {sq**0.5:.3g} > max_update_norm={max_norm}"
+    return None
+
+
+def fault_hits(cfg: Config, kind: str, who: int, round_idx: int) -> bool:
+    """Test-only fault switch (`fault_inject`): does it fire for this client/rank and round?"""
+    if not cfg.fault_inject:
+        return False
+    _, target, index, when = parse_fault(cfg.fault_inject)
+    return target == kind and index == who and when in (None, round_idx)
 
 
 def save_final_model(s: Setup, run_dir: Path) -> Path:
@@ -130,24 +159,65 @@ def save_final_model(s: Setup, run_dir: Path) -> Path:
     return save_pretrained_atomic(s.model, s.tokenizer, run_dir / name)
 
 
+class RunStopped(RuntimeError):
+    """The job stopped part-way (a rank died, a signal, a collective timed out); finished rounds are kept."""
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    raise RunStopped(f"received {signal.Signals(signum).name}")
+
+
 def run(cfg: Config) -> dict[str, Any] | None:
     """Run one experiment; returns the results document on rank 0 (None on other ranks)."""
     start = time.perf_counter()
-    rt = comm.init(cfg.device, cfg.num_threads)
+    rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s)
+    progress = {"round": 0, "checkpoint": None}
+    previous = signal.signal(signal.SIGTERM, _stop_on_signal)  # torchrun ends a failed job with SIGTERM
     try:
-        doc = _run(cfg, rt, start)
-    except BaseException:
+        doc = _run(cfg, rt, start, progress)
+    except BaseException as err:
         comm.shutdown(clean=False)  # peers may be gone: no barrier
+        if isinstance(err, RunStopped) or comm.is_comm_failure(err):
+            r = progress["round"]
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RunStopped(
+                f"stopped during round {r} ({cause}); results.json holds rounds 0..{max(r - 1, 0)}, newest "
+                f"checkpoint: {progress['checkpoint'] or 'none'}; run the same command with resume=true to continue "
+                "(torchrun's summary names the rank that failed; --max-restarts=N with resume=true resumes by itself)"
+            ) from None
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     comm.shutdown()
     return doc
 
 
-def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
+def resume_state(cfg: Config, s: Setup, path: Path | None) -> tuple[int, list[dict[str, Any]], str | None]:
+    """Rank 0: restore checkpoint `path` into the model and strategy.
+
+    Returns (first round to run, records so far, checkpoint path); (1, [], None) for a fresh start.
+    """
+    if path is None:
+        return 1, [], None
+    tensors, meta = load_checkpoint(path, cfg)
+    try:
+        models.set_trainable_state(s.model, split_prefix(tensors, "global"))
+        s.strategy.load_server_state(split_prefix(tensors, "server"), meta.get("server", {}))
+    except ValueError as err:
+        raise ConfigError(f"checkpoint {str(path)!r} does not fit this model ({err}); resume with its model") from None
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["round"]) + 1, list(meta["records"]), str(path)
+
+
+def _run(cfg: Config, rt: comm.Runtime, start: float, progress: dict[str, Any]) -> dict[str, Any] | None:
     error: ConfigError | None = None
+    first_round, records, resumed_from = 1, [], None
     try:
         s = prepare(cfg, rt)
-        if rt.is_main:
+        if rt.is_main:  # every check that reads comes before the first write (the run folder)
+            s.strategy.setup_server(s.task, s.public_size, s.tokenizer, rt.device)
+            first_round, records, resumed_from = resume_state(cfg, s, find_resume_point(cfg))
             check_output_dir(cfg.run_dir)
     except ConfigError as err:
         error = err
@@ -157,6 +227,7 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
         if rt.is_main or main_error is None:
             raise error or ConfigError("another rank failed during set-up; see its message")
         raise ConfigError(main_error, quiet=True)
+    first_round = comm.broadcast_object(rt, first_round)
 
     reporter = Reporter(cfg.run_dir / "results.json", enabled=rt.is_main)
     strategy, train, num_labels = s.strategy, s.task.train, s.task.num_labels
@@ -164,8 +235,6 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
     test = encode(s.tokenizer, s.task.test, cfg.max_length) if rt.is_main else None
     # KD on clients: every rank tokenizes the public slice for the student (it is public data)
     public = encode(s.tokenizer, train.subset(range(s.public_size)), cfg.max_length) if strategy.kd_on_clients else None
-    if rt.is_main:
-        strategy.setup_server(s.task, s.public_size, s.tokenizer, rt.device)
     trainable, total = models.count_parameters(s.model)
     global_state = snapshot(models.get_trainable_state(s.model))
     payload = comm.packed_nbytes(global_state)
@@ -175,6 +244,8 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
         f"model {s.model_path} ({trainable:,} of {total:,} parameters train, {payload:,} bytes travel); "
         f"{rt.world_size} process(es), backend {rt.backend or 'none (simulation)'}, device {rt.device}"
     )
+    if resumed_from:
+        reporter.log(f"resuming at round {first_round} from {resumed_from}")
     reporter.begin(
         cfg.to_dict(),
         environment(rt.backend, rt.world_size, rt.device, rt.num_threads),
@@ -185,8 +256,10 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
             "payload_bytes": payload,
             "public_examples": s.public_size,
             "client_examples": [len(x) for x in s.shards],
+            "resumed_from": resumed_from,
         },
     )
+    reporter.doc["rounds"] = records
 
     def evaluate_global(round_idx: int, extra: dict[str, Any]) -> None:
         t0 = time.perf_counter()
@@ -197,10 +270,23 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
             rec["time_s"] += rec["time_eval_s"]
         reporter.record(rec)
 
-    if rt.is_main:
+    def checkpoint(round_idx: int) -> None:
+        due = cfg.checkpoint_every and (round_idx % cfg.checkpoint_every == 0 or round_idx == cfg.rounds)
+        if not due:
+            return
+        server_tensors, server_extra = strategy.server_state()
+        tensors = {**with_prefix(global_state, "global"), **with_prefix(server_tensors, "server")}
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"config": cfg.to_dict(), "records": reporter.doc["rounds"], "server": server_extra}
+        progress["checkpoint"] = str(save_checkpoint(cfg.run_dir, round_idx, tensors, meta, cfg.keep_checkpoints))
+
+    if rt.is_main and first_round == 1:
         evaluate_global(0, {"train_loss": None, "time_s": 0.0, "bytes_up": 0, "bytes_down": 0, "bytes_logits": 0})
-    reporter.start(cfg.rounds)
-    for r in range(1, cfg.rounds + 1):
+    reporter.start(cfg.rounds - first_round + 1)
+    for r in range(first_round, cfg.rounds + 1):
+        progress["round"] = r
+        if fault_hits(cfg, "rank", rt.rank, r):  # test-only: this process dies mid-run
+            os._exit(17)
         t0 = time.perf_counter()
         comm.bytes_moved.take()
         steps = sum(train_steps(len(encoded[c]), cfg.batch_size, cfg.local_epochs) for c in s.my_clients)
@@ -221,16 +307,24 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
         t_train = time.perf_counter()
         acc, totals = train_my_clients(s, r, global_state, encoded, reporter, kd)
         t_reduce = time.perf_counter()
-        # clients -> rank 0: sum n_i * theta_i [+ sum n_i * logits_i], sum n_i, losses; one buffer
-        weighted_sum, (n, loss_sum, seen) = comm.reduce_sum(rt, acc, totals)
+        # clients -> rank 0: sum n_i * theta_i [+ sum n_i * logits_i], sum n_i, losses, rejections
+        weighted_sum, sums = comm.reduce_sum(rt, acc, totals)
         t_agg = time.perf_counter()
         if not rt.is_main:
             continue
-        ensemble = weighted_sum.pop(KD_LOGITS) / n if kd_down else None
-        global_state = strategy.aggregate(weighted_sum, n, global_state)
-        models.set_trainable_state(s.model, global_state)
-        t_server = time.perf_counter()
-        server_metrics = strategy.server_update(s.model, r, rows, ensemble)
+        n, loss_sum, seen = sums[:3]
+        rejected = [c for c, flag in enumerate(sums[3:]) if flag > 0.5]
+        server_metrics: dict[str, float] = {}
+        if n > 0:
+            ensemble = weighted_sum.pop(KD_LOGITS) / n if kd_down else None
+            global_state = strategy.aggregate(weighted_sum, n, global_state)
+            models.set_trainable_state(s.model, global_state)
+            t_server = time.perf_counter()
+            server_metrics = strategy.server_update(s.model, r, rows, ensemble)
+        else:  # every update was rejected: keep the previous global model
+            reporter.log(f"round {r}: every client update was rejected; the global model stays as it was")
+            models.set_trainable_state(s.model, global_state)
+            t_server = time.perf_counter()
         t_done = time.perf_counter()
         global_state = snapshot(models.get_trainable_state(s.model))
         logits_bytes = len(rows) * num_labels * 4 if kd_down else 0
@@ -241,7 +335,7 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
         evaluate_global(
             r,
             {
-                "train_loss": loss_sum / max(seen, 1),
+                "train_loss": loss_sum / seen if seen else None,
                 "time_s": time.perf_counter() - t0,
                 "time_train_s": t_reduce - t_train,
                 "time_comm_s": (t_train - t0) + (t_agg - t_reduce),
@@ -251,9 +345,11 @@ def _run(cfg: Config, rt: comm.Runtime, start: float) -> dict[str, Any] | None:
                 "bytes_down": down_bytes,
                 "bytes_logits": 2 * logits_bytes * senders,
                 "num_examples": int(n),
+                "rejected_clients": rejected,
                 **server_metrics,
             },
         )
+        checkpoint(r)
     reporter.stop()
     if rt.is_main and cfg.save_model:
         strategy.save_extras(cfg.run_dir, s.model, s.tokenizer)

@@ -47,7 +47,7 @@ def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
 
-def hand_rounds(cfg, rounds: int) -> list[dict[str, torch.Tensor]]:
+def hand_rounds(cfg, rounds: int, skip: frozenset[int] = frozenset()) -> list[dict[str, torch.Tensor]]:
     """Replay the federation in this process: train each client from the global state, then take
     sum_i n_i * theta_i / sum_i n_i written out by hand. Returns the global state after each round."""
     torch.set_num_threads(1)
@@ -58,6 +58,8 @@ def hand_rounds(cfg, rounds: int) -> list[dict[str, torch.Tensor]]:
     for r in range(1, rounds + 1):
         sent = []
         for c in range(cfg.num_clients):
+            if c in skip:  # a client whose update the server leaves out
+                continue
             models.set_trainable_state(s.model, glob)
             res = train_local(
                 s.model,
@@ -124,8 +126,8 @@ def test_torchrun_results_file(torchrun_result):
     numel = sum(t.numel() for t in adapter.values())
     assert doc["payload_bytes"] == 4 * numel == comm.packed_nbytes(adapter)
     for rec in doc["rounds"][1:]:
-        # each of the 2 client ranks sends one packed buffer: adapter + (n, loss, seen)
-        assert rec["bytes_up"] == 2 * 4 * (numel + 3)
+        # each of the 2 client ranks sends one packed buffer: adapter + (n, loss, seen) + 4 rejection flags
+        assert rec["bytes_up"] == 2 * 4 * (numel + 3 + 4)
         assert rec["bytes_down"] == 2 * 4 * numel
         assert rec["num_examples"] == sum(doc["client_examples"])
 

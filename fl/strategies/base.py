@@ -64,3 +64,10 @@ class Strategy:
 
     def save_extras(self, run_dir: Path, model: nn.Module, tokenizer: Any) -> None:
         """Rank 0, before the global model is exported: anything else worth keeping."""
+
+    def server_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Rank 0: server-side state to checkpoint, as (tensors, JSON-able extras)."""
+        return {}, {}
+
+    def load_server_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """Rank 0: restore what server_state returned (after setup_server)."""

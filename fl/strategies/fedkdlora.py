@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fl import models
+from fl.checkpoint import load_optimizer, optimizer_tensors, split_prefix, with_prefix
 from fl.client import evaluate, predict
 from fl.data import Encoded, TaskData, encode
 from fl.report import save_pretrained_atomic
@@ -98,3 +99,15 @@ class FedKDLoRA(Strategy):
             path = save_pretrained_atomic(base, student_tokenizer, run_dir / "student_base")
             for peft_cfg in student.peft_config.values():
                 peft_cfg.base_model_name_or_path = str(path.resolve())
+
+    def server_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The teacher's weights and its optimizer (it keeps learning across rounds)."""
+        opt_tensors, opt_extra = optimizer_tensors(self.teacher_opt)
+        tensors = {**with_prefix(self.teacher.state_dict(), "teacher"), **with_prefix(opt_tensors, "teacher_opt")}
+        return tensors, {"teacher_opt": opt_extra}
+
+    def load_server_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        missing, unexpected = self.teacher.load_state_dict(split_prefix(tensors, "teacher"), strict=False)
+        if unexpected or [k for k in missing if "position_ids" not in k]:
+            raise ValueError(f"checkpoint teacher does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        load_optimizer(self.teacher_opt, split_prefix(tensors, "teacher_opt"), extra["teacher_opt"])
