@@ -205,6 +205,15 @@ def broadcast_object(rt: Runtime, obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def gather_object(rt: Runtime, obj: object, dst: int = 0) -> list[object] | None:
+    """Every rank's small Python object, as a list on `dst` (None elsewhere)."""
+    if not rt.distributed:
+        return [obj]
+    out: list[object] | None = [None] * rt.world_size if rt.rank == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def all_ok(rt: Runtime, ok: bool) -> bool:
     """True when every rank reports ok (used to stop all ranks together on a setup error)."""
     if not rt.distributed:

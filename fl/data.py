@@ -74,13 +74,17 @@ def load_rotten_tomatoes() -> tuple[TextDataset, TextDataset]:
     random.Random(RT_SPLIT_SEED).shuffle(rows)
     per_label = RT_TEST_SIZE // 2
     taken = {0: 0, 1: 0}
-    train, test = TextDataset([], []), TextDataset([], [])
+    test_rows, train_rows = [], []
     for text, label in rows:
-        part = test if taken[label] < per_label else train
-        taken[label] += part is test
-        part.texts.append(text)
-        part.labels.append(label)
-    return train, test
+        (test_rows if taken[label] < per_label else train_rows).append((text, label))
+        taken[label] += taken[label] < per_label
+    # a second shuffle: the train rows right after the quota of the first-filled label are all of
+    # the other label, and a small max_train_samples would otherwise see a single class
+    random.Random(RT_SPLIT_SEED + 1).shuffle(train_rows)
+    return (
+        TextDataset([t for t, _ in train_rows], [y for _, y in train_rows]),
+        TextDataset([t for t, _ in test_rows], [y for _, y in test_rows]),
+    )
 
 
 def load_glue_dir(task: str, data_dir: str) -> tuple[TextDataset, TextDataset]:

@@ -25,7 +25,7 @@ from fl.client import KDTargets, client_seed, evaluate, predict, train_local, tr
 from fl.config import Config, ConfigError, parse_fault
 from fl.data import Encoded, TaskData, encode, load_task
 from fl.partition import partition, public_split
-from fl.report import Reporter, check_output_dir, environment, save_pretrained_atomic
+from fl.report import Reporter, check_output_dir, environment, peak_memory, save_pretrained_atomic
 from fl.strategies import Strategy, accumulate, get_strategy
 from fl.strategies.aggregate import State
 
@@ -139,7 +139,7 @@ def update_problem(update: State, global_state: State, max_norm: float | None) -
     for k, v in update.items():
         if not torch.isfinite(v).all():
             return f"non-finite values in {k}"
-        sq += float(((v.float() - global_state[k].float()) ** 2).sum())
+        sq += float(((v.detach().float() - global_state[k].float()) ** 2).sum())
     if max_norm is not None and sq**0.5 > max_norm:
         return f"update norm {sq**0.5:.3g} > max_update_norm={max_norm}"
     return None
@@ -351,6 +351,9 @@ def _run(cfg: Config, rt: comm.Runtime, start: float, progress: dict[str, Any]) 
         )
         checkpoint(r)
     reporter.stop()
+    memory = comm.gather_object(rt, peak_memory(rt.device))  # per rank: what each process needed
+    if rt.is_main:
+        reporter.doc["peak_memory_per_rank"] = memory
     if rt.is_main and cfg.save_model:
         strategy.save_extras(cfg.run_dir, s.model, s.tokenizer)
         path = save_final_model(s, cfg.run_dir)

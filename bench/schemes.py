@@ -1,0 +1,160 @@
+"""Scheme comparison: FedAvg, FedLoRA and FedKDLoRA with the same seed, clients, rounds and data,
+plus a centralized reference (one client holding all client data: one process, same model, same
+total examples and epochs). Writes bench/reports/<task>-schemes.{md,json,png}.
+
+    python -m bench.schemes --task rotten_tomatoes
+    python -m bench.schemes --task sst2 --data-dir ../shared/data/glue
+    python -m bench.schemes --task rotten_tomatoes --quick      # tiny sizes, seconds: for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, write_report
+
+SCHEMES = [  # (label, run name, recipe, extra overrides)
+    ("FedAvg", "fedavg", "fedavg.yaml", ["scheme=fedavg", "lr=5e-5"]),
+    ("FedLoRA", "fedlora", "fedlora.yaml", ["scheme=fedlora"]),
+    ("FedKDLoRA (server KD)", "kd-server", "fedkdlora.yaml", ["kd_placement=server", "student_layers=none"]),
+    ("FedKDLoRA (client KD)", "kd-clients", "fedkdlora.yaml", ["kd_placement=clients", "student_layers=none"]),
+]
+
+
+def plot(task: str, results: dict[str, dict[str, Any]], path: Path) -> None:
+    """Accuracy (or MCC) and loss against round, one line per scheme; centralized dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "test_mcc" if task == "cola" else "test_accuracy"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, doc in results.items():
+        rounds = [r["round"] for r in doc["rounds"]]
+        style = "--" if label.startswith("Centralized") else "-"
+        ax1.plot(rounds, [r[metric] for r in doc["rounds"]], style, marker="o", label=label)
+        ax2.plot(rounds, [r["test_loss"] for r in doc["rounds"]], style, marker="o", label=label)
+    ax1.set(xlabel="round", ylabel=metric.replace("test_", "test "), title=f"{task}: {metric.replace('test_', '')}")
+    ax2.set(xlabel="round", ylabel="test loss (mean cross-entropy)", title=f"{task}: loss")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog="python -m bench.schemes", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="rotten_tomatoes", choices=["rotten_tomatoes", "sst2", "cola"])
+    ap.add_argument("--data-dir", default=str(GLUE), help="GLUE folder for sst2 / cola")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--max-train-samples", type=int, default=2500, help="train rows before the public split")
+    ap.add_argument("--max-eval-samples", type=int, default=None, help="default: the whole test split")
+    ap.add_argument("--model", default="embedded", help="model of every scheme and of the teacher")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks the benchmark runs")
+    ap.add_argument("--out", default=str(REPORTS), help="report folder")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="extra fl config overrides for every run")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.max_train_samples, args.max_eval_samples = 1, 120, 40
+    runs = RUNS / f"{args.task}-schemes{'-quick' if args.quick else ''}"
+    common = [
+        f"task={args.task}",
+        f"num_clients={args.clients}",
+        f"rounds={args.rounds}",
+        "seed=42",
+        f"model={args.model}",
+        f"teacher_model={args.model}",
+        f"max_train_samples={args.max_train_samples}",
+        f"output_dir={runs}",
+        "save_model=false",
+        "checkpoint_every=0",
+        "teacher_data_pct=20",
+    ]
+    if args.task != "rotten_tomatoes":
+        common.append(f"data_dir={args.data_dir}")
+    if args.max_eval_samples:
+        common.append(f"max_eval_samples={args.max_eval_samples}")
+    if args.quick:
+        common += ["max_length=32", "kd_public_examples=16", "teacher_pretrain_epochs=1"]
+    common += args.overrides
+
+    from fl.config import load_config
+    from fl.teacher import pretrain_teacher, teacher_run_dir
+
+    teacher_cfg = load_config(
+        Path(__file__).resolve().parents[1] / "recipes" / "fedkdlora.yaml", [*common, "run_name=teacher"]
+    )
+    teacher_doc = pretrain_teacher(teacher_cfg)
+    teacher = teacher_run_dir(teacher_cfg) / "teacher"
+
+    results: dict[str, dict[str, Any]] = {}
+    for label, run_name, recipe, extra in SCHEMES:
+        results[label] = run_inprocess(recipe, [*common, *extra, f"teacher_ckpt={teacher}", f"run_name={run_name}"])
+    # centralized: one client holds every client example; same model, LoRA, lr, epochs per round
+    results["Centralized (1 client, FedLoRA)"] = run_inprocess(
+        "fedlora.yaml", [*common, "scheme=fedlora", "num_clients=1", "run_name=centralized"]
+    )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{args.task}-schemes{'-quick' if args.quick else ''}"
+    plot(args.task, results, out / f"{name}.png")
+    metric = "test_mcc" if args.task == "cola" else "test_accuracy"
+    rows = []
+    for label, doc in results.items():
+        last = doc["rounds"][-1]
+        per_round = doc["rounds"][1:]
+        rows.append(
+            [
+                label,
+                last[metric],
+                last["test_loss"],
+                doc["elapsed_s"],
+                sum(r["bytes_up"] for r in per_round) / max(len(per_round), 1),
+                sum(r["bytes_down"] for r in per_round) / max(len(per_round), 1),
+                sum(r.get("bytes_logits", 0) for r in per_round) / max(len(per_round), 1),
+            ]
+        )
+    curve_rows = [[label] + [r[metric] for r in doc["rounds"]] for label, doc in results.items()]
+    body = (
+        f"Same seed (42), {args.clients} clients, {args.rounds} rounds, data: {args.task} "
+        f"(first {args.max_train_samples} train rows, 20% public slice kept out, test split: "
+        f"{args.max_eval_samples or 'all'} rows). Model: the embedded MiniLM-L6 for every scheme; FedKDLoRA's "
+        f"teacher is MiniLM-L6 pre-trained on the public slice (teacher test {metric.replace('test_', '')} "
+        f"{teacher_doc['rounds'][-1][metric]:.4f}). Bytes are per round, simulated one client per rank.\n\n"
+        + md_table(
+            [
+                "scheme",
+                f"final {metric}",
+                "final test loss",
+                "total s",
+                "bytes up / round",
+                "bytes down / round",
+                "logits bytes / round",
+            ],
+            rows,
+        )
+        + "\n"
+        + md_table(["scheme"] + [f"round {i}" for i in range(args.rounds + 1)], curve_rows)
+        + f"\n![per-round {metric} and loss]({name}.png)\n"
+    )
+    data = {
+        "task": args.task,
+        "rounds": args.rounds,
+        "clients": args.clients,
+        "teacher": teacher_doc["rounds"],
+        "results": {k: {"rounds": v["rounds"], "elapsed_s": v["elapsed_s"]} for k, v in results.items()},
+    }
+    path = write_report("bench.schemes", name, f"Scheme comparison: {args.task}", body, data, out)
+    print(path.read_text())
+    return path
+
+
+if __name__ == "__main__":
+    main()
