@@ -146,7 +146,7 @@ class Reporter:
         if not self.enabled:
             return
         classes = sorted(set(labels))
-        table = Table(title=f"clients (public slice: {public} examples, kept out)")
+        table = Table(title="clients", caption=f"public slice: {public} examples, kept out of every client")
         table.add_column("client")
         table.add_column("examples", justify="right")
         for c in classes:

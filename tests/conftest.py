@@ -89,23 +89,16 @@ def tiny_task(tmp_path_factory) -> tuple[Path, Path]:
     return write_csv(out / "train.csv", make_sentences(200, 1)), write_csv(out / "test.csv", make_sentences(60, 2))
 
 
+def make_overrides(model_dir: Path, train: Path, test: Path, out_dir: Path, run_name: str) -> list[str]:
+    """key=value overrides that point a recipe at the tiny model and task (4 clients, 2 rounds)."""
+    return [
+        f"model={model_dir}", "task=csv", f"train_file={train}", f"test_file={test}", "num_clients=4", "rounds=2",
+        "batch_size=16", "lr=5e-3", "max_length=16", "lora_r=4", "teacher_data_pct=20", f"output_dir={out_dir}",
+        f"run_name={run_name}", "num_threads=1",
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def tiny_overrides(tiny_model_dir, tiny_task, tmp_path) -> list[str]:
-    """key=value overrides that point a recipe at the tiny model and task, writing under tmp_path."""
-    train, test = tiny_task
-    return [
-        f"model={tiny_model_dir}",
-        "task=csv",
-        f"train_file={train}",
-        f"test_file={test}",
-        "num_clients=4",
-        "rounds=2",
-        "batch_size=16",
-        "lr=5e-3",
-        "max_length=16",
-        "lora_r=4",
-        "teacher_data_pct=20",
-        f"output_dir={tmp_path / 'out'}",
-        "run_name=tiny",
-        "num_threads=1",
-    ]
+    """The tiny overrides, writing under tmp_path/out/tiny."""
+    return make_overrides(tiny_model_dir, *tiny_task, tmp_path / "out", "tiny")

@@ -17,6 +17,7 @@ from fl.client import client_seed, evaluate, train_local
 from fl.config import load_config
 from fl.data import encode
 from fl.server import clients_of_rank, prepare, run
+from tests.conftest import make_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "fedlora.yaml"
@@ -89,25 +90,8 @@ def test_clients_of_rank_round_robin():
 def torchrun_result(tmp_path_factory, tiny_model_dir, tiny_task):
     """One real 3-process gloo job: rank 0 aggregates, 2 client ranks host 4 clients."""
     out = tmp_path_factory.mktemp("torchrun")
-    train, test = tiny_task
-    overrides = [
-        f"model={tiny_model_dir}",
-        "task=csv",
-        f"train_file={train}",
-        f"test_file={test}",
-        "num_clients=4",
-        "rounds=2",
-        "batch_size=16",
-        "lr=5e-3",
-        "max_length=16",
-        "lora_r=4",
-        "teacher_data_pct=20",
-        "partition=dirichlet",
-        "dirichlet_alpha=1.0",  # unequal shards, so weights matter
-        f"output_dir={out}",
-        "run_name=dist",
-        "num_threads=1",
-    ]
+    overrides = make_overrides(tiny_model_dir, *tiny_task, out, "dist")
+    overrides += ["partition=dirichlet", "dirichlet_alpha=1.0"]  # unequal shards, so weights matter
     proc = run_torchrun(3, overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "dist", overrides
