@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> Path:
             [
                 n,
                 rec["time_s"],
-                rec["time_train_s"],
                 rec["time_s"] / n,
                 mem[0],
                 max(mem[1:]),
@@ -64,12 +63,11 @@ def main(argv: list[str] | None = None) -> Path:
         )
         data[n] = {"round": rec, "peak_memory_per_rank": doc["peak_memory_per_rank"], "wall_s": doc["wall_s"]}
     first, last = rows[0], rows[-1]
-    per_client_mib = (last[5] - first[5]) / max(last[0] - first[0], 1)
+    per_client_mib = (last[4] - first[4]) / max(last[0] - first[0], 1)
     adapter_mib = doc["payload_bytes"] / 2**20
     headers = [
         "clients",
         "s / round",
-        "training s",
         "s / round / client",
         "rank 0 peak RSS MiB",
         "client rank peak RSS MiB",
@@ -86,8 +84,8 @@ def main(argv: list[str] | None = None) -> Path:
         + f"\nGrowth from {first[0]} to {last[0]} clients: time per round grows with the data trained "
         f"({last[1] / first[1]:.1f}x for {last[0] / first[0]:.0f}x the examples); client-rank peak memory grows "
         f"by {per_client_mib:.3f} MiB per extra client (one adapter is {adapter_mib:.3f} MiB; a model copy would be "
-        f"~{doc['total_parameters'] * 4 / 2**20:.0f} MiB); bytes per round stay constant, since each client rank "
-        "sends one pre-summed buffer whatever the number of clients it hosts.\n"
+        f"~{doc['total_parameters'] * 4 / 2**20:.0f} MiB); bytes per round stay flat (the adapter once per "
+        "client rank, whatever the number of clients it hosts, plus one 4-byte rejection flag per client).\n"
     )
     name = f"scaling{'-quick' if args.quick else ''}"
     path = write_report("bench.scaling", name, "Scaling with virtual clients", body, {"runs": data}, Path(args.out))
