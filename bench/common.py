@@ -35,9 +35,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def command_line(module: str) -> str:
-    """The exact command that produced a report."""
-    return " ".join(["python -m", module, *(shlex.quote(a) for a in sys.argv[1:])])
+def command_line(module: str, argv: list[str] | None = None) -> str:
+    """The exact command that produced a report (argv: the arguments main() was given)."""
+    return " ".join(["python -m", module, *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
 
 
 def run_inprocess(recipe: str, overrides: list[str]) -> dict[str, Any]:
@@ -50,39 +50,94 @@ def run_inprocess(recipe: str, overrides: list[str]) -> dict[str, Any]:
     return doc
 
 
-def run_torchrun(recipe: str, overrides: list[str], nproc: int, run_dir: Path) -> dict[str, Any]:
-    """One fl job under torchrun; returns its results document (wall time includes start-up)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "fl",
-        "run",
-        str(RECIPES / recipe),
-        *overrides,
-    ]
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def tree_pss_bytes(pid: int) -> int:
+    """Proportional set size of a process and all its descendants (shared pages counted once)."""
+    kids, todo, total = _children(), [pid], 0
+    while todo:
+        p = todo.pop()
+        todo += kids.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            continue
+    return total
+
+
+def measure(cmd: list[str], interval_s: float = 0.25) -> tuple[subprocess.CompletedProcess, float, int]:
+    """Run a command; returns (finished process, wall seconds, peak PSS of its process tree in bytes).
+
+    Every process the command starts counts (torchrun's ranks, Ray's workers and daemons), sampled
+    every `interval_s`. PSS splits shared pages among the processes that map them, so a shared
+    library or shared-memory object store is counted once, not once per process."""
+    import threading
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval_s):
+            peak[0] = max(peak[0], tree_pss_bytes(proc.pid))
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
     wall = time.perf_counter() - t0
+    done.set()
+    watcher.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), wall, peak[0]
+
+
+def torchrun_command(recipe: str, overrides: list[str], nproc: int) -> list[str]:
+    """`fl run` under torchrun with nproc processes, or in this Python with nproc=1 (simulation)."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    return [sys.executable, *launcher, "-m", "fl", "run", str(RECIPES / recipe), *overrides]
+
+
+def run_torchrun(recipe: str, overrides: list[str], nproc: int, run_dir: Path) -> dict[str, Any]:
+    """One fl job in its own process(es) (torchrun when nproc > 1); returns its results document with
+    wall_s (start-up included) and peak_tree_pss_bytes (every process of the job together)."""
+    proc, wall, peak = measure(torchrun_command(recipe, overrides, nproc))
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.splitlines() if line.startswith(("error", "[rank"))]
-        raise RuntimeError(f"torchrun failed ({proc.returncode}): " + "\n".join(errors[-20:] or [proc.stderr[-2000:]]))
+        raise RuntimeError(f"fl failed ({proc.returncode}): " + "\n".join(errors[-20:] or [proc.stderr[-2000:]]))
     doc = json.loads((run_dir / "results.json").read_text())
-    doc["wall_s"] = wall
+    doc["wall_s"], doc["peak_tree_pss_bytes"] = wall, peak
     return doc
 
 
 def write_report(
-    module: str, name: str, title: str, body_md: str, data: dict[str, Any], out_dir: Path = REPORTS
+    module: str,
+    name: str,
+    title: str,
+    body_md: str,
+    data: dict[str, Any],
+    out_dir: Path = REPORTS,
+    argv: list[str] | None = None,
 ) -> Path:
     """<name>.md and <name>.json under out_dir, both naming the machine and the command."""
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {
         "machine": machine(),
-        "command": command_line(module),
+        "command": command_line(module, argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     atomic_write_json(out_dir / f"{name}.json", {**info, **data})

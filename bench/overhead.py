@@ -5,100 +5,26 @@ fl round's time goes (client training, communication, aggregation, evaluation, t
 Reference workload: MiniLM-L6 + LoRA r8 (FedLoRA) or all weights (FedAvg), 4 clients x 500 SST-2
 examples, batch 16, max length 64, 1 local epoch, 3 rounds, evaluation on the 872 dev sentences.
 
-    python -m bench.overhead                       # both schemes, one process each
-    python -m bench.overhead --torchrun            # also fl under torchrun (rank 0 + 2 client ranks)
-    python -m bench.overhead --quick               # seconds: checks the benchmark runs
+    python -m bench.overhead              # both schemes: plain loop with 2 workers vs fl under torchrun (3 procs)
+    python -m bench.overhead --all        # also both in one process
+    python -m bench.overhead --quick      # seconds: checks the benchmark runs
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
+from bench import plain
+from bench.common import GLUE, REPORTS, RUNS, md_table, run_torchrun, write_report
 
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, run_torchrun, write_report
-
-
-def plain_loop(
-    model_path: str,
-    train: list[tuple[str, int]],
-    test: list[tuple[str, int]],
-    *,
-    clients: int,
-    rounds: int,
-    lr: float,
-    lora: bool,
-    batch_size: int = 16,
-    max_length: int = 64,
-    seed: int = 42,
-) -> list[dict[str, float]]:
-    """FedAvg / FedLoRA written out with no framework: per round, each client trains from the global
-    weights with a fresh AdamW, the weights are averaged by example count, the test set is scored."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
-    if lora:
-        cfg = LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["query", "value"]
-        )
-        model = get_peft_model(model, cfg)
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    glob = {n: p.detach().clone() for n, p in params.items()}
-    shards = [train[len(train) * c // clients : len(train) * (c + 1) // clients] for c in range(clients)]
-    records = []
-    for r in range(1, rounds + 1):
-        t0 = time.perf_counter()
-        total = {n: torch.zeros_like(v) for n, v in glob.items()}
-        for c, shard in enumerate(shards):
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(glob[n])
-            opt = torch.optim.AdamW(params.values(), lr=lr)
-            model.train()
-            order = torch.randperm(len(shard), generator=torch.Generator().manual_seed(seed + 100 * r + c)).tolist()
-            for i in range(0, len(order), batch_size):
-                rows = [shard[j] for j in order[i : i + batch_size]]
-                batch = tok(
-                    [t for t, _ in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-                )
-                loss = F.cross_entropy(model(**batch).logits, torch.tensor([y for _, y in rows]))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            for n, p in params.items():
-                total[n] += p.detach() * len(shard)
-        glob = {n: v / len(train) for n, v in total.items()}
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(glob[n])
-        t_eval = time.perf_counter()
-        model.eval()
-        correct = 0
-        with torch.inference_mode():
-            for i in range(0, len(test), 128):
-                rows = test[i : i + 128]
-                batch = tok(
-                    [t for t, _ in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-                )
-                correct += int((model(**batch).logits.argmax(-1) == torch.tensor([y for _, y in rows])).sum())
-        done = time.perf_counter()
-        records.append(
-            {"round": r, "time_s": done - t0, "time_eval_s": done - t_eval, "test_accuracy": correct / len(test)}
-        )
-    return records
+PARTS = ("time_train_s", "time_idle_s", "time_comm_s", "time_aggregate_s", "time_server_kd_s", "time_eval_s")
 
 
 def breakdown(rec: dict[str, Any]) -> list[float]:
-    parts = [
-        rec.get(k, 0.0) for k in ("time_train_s", "time_comm_s", "time_aggregate_s", "time_server_kd_s", "time_eval_s")
-    ]
+    """time_s, its parts, and what is left (bookkeeping) of one fl round record."""
+    parts = [rec.get(k, 0.0) for k in PARTS]
     return [rec["time_s"], *parts, rec["time_s"] - sum(parts)]
 
 
@@ -109,7 +35,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--per-client", type=int, default=500)
     ap.add_argument("--schemes", default="fedlora,fedavg")
     ap.add_argument("--model", default="embedded", help="model for both loops ('embedded' = MiniLM-L6)")
-    ap.add_argument("--torchrun", action="store_true", help="also time fl under torchrun (3 processes)")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="client processes: the plain loop's workers, fl's client ranks"
+    )
+    ap.add_argument("--all", action="store_true", help="also both in one process (about twice as long)")
     ap.add_argument("--quick", action="store_true", help="seconds: 1 round, 8 examples per client, 16 test rows")
     ap.add_argument("--out", default=str(REPORTS))
     args = ap.parse_args(argv)
@@ -120,20 +49,24 @@ def main(argv: list[str] | None = None) -> Path:
     from fl.config import Config
     from fl.data import load_task
     from fl.models import resolve_model
+    from fl.partition import partition, public_split
 
-    n_train = int(clients * args.per_client / 0.8)  # 20% public slice kept out, as in fl
-    task = load_task(Config(task="sst2", data_dir=args.data_dir, max_train_samples=n_train, max_eval_samples=max_eval))
-    public = int(n_train * 0.2)
-    train = list(zip(task.train.texts[public:], task.train.labels[public:], strict=True))
+    n_train = int(clients * args.per_client / 0.8)  # fl keeps its 20% public slice out of the clients
+    cfg = Config(task="sst2", data_dir=args.data_dir, max_train_samples=n_train, max_eval_samples=max_eval)
+    task = load_task(cfg)
+    _, private = public_split(len(task.train), cfg.teacher_data_pct)
+    labels = [task.train.labels[i] for i in private]
+    shards = [
+        [(task.train.texts[private.start + i], task.train.labels[private.start + i]) for i in shard]
+        for shard in partition(labels, clients, "contiguous", 42)
+    ]
     test = list(zip(task.test.texts, task.test.labels, strict=True))
     model_path = resolve_model(args.model)
     runs = RUNS / f"overhead{'-quick' if args.quick else ''}"
+    pairs = [(args.workers, args.workers + 1)] + ([(0, 1)] if args.all else [])  # (plain workers, fl processes)
     rows, breakdown_rows, data = [], [], {}
     for scheme in args.schemes.split(","):
         lr = 5e-5 if scheme == "fedavg" else 2e-3
-        plain = plain_loop(
-            model_path, train, test, clients=clients, rounds=args.rounds, lr=lr, lora=scheme == "fedlora"
-        )
         common = [
             f"scheme={scheme}",
             "task=sst2",
@@ -143,47 +76,55 @@ def main(argv: list[str] | None = None) -> Path:
             f"rounds={args.rounds}",
             f"lr={lr}",
             f"model={args.model}",
+            "seed=42",
             f"output_dir={runs}",
             "save_model=false",
             "checkpoint_every=0",
             "partition=contiguous",
         ] + ([f"max_eval_samples={max_eval}"] if max_eval else [])
-        fl_doc = run_inprocess("fedlora.yaml", [*common, f"run_name={scheme}-sim"])
-        variants = [("fl, 1 process", fl_doc)]
-        if args.torchrun:
-            variants.append(
-                (
-                    "fl, torchrun 3 procs",
-                    run_torchrun("fedlora.yaml", [*common, f"run_name={scheme}-tr"], 3, runs / f"{scheme}-tr"),
-                )
+        for workers, nproc in pairs:
+            base = plain.run_loop(
+                model_path, shards, test, rounds=args.rounds, lr=lr, lora=scheme == "fedlora", workers=workers
             )
-        plain_round = sum(r["time_s"] for r in plain) / len(plain)
-        for label, doc in variants:
+            name = f"{scheme}-{nproc}proc"
+            doc = run_torchrun("fedlora.yaml", [*common, f"run_name={name}"], nproc, runs / name)
+            plain_label = f"{workers} worker processes x 1 thread" if workers else "one process"
+            fl_label = f"torchrun {nproc} procs (rank 0 + {nproc - 1} client ranks)" if nproc > 1 else "one process"
+            plain_round = sum(r["time_s"] for r in base) / len(base)
             fl_rounds = doc["rounds"][1:]
             fl_round = sum(r["time_s"] for r in fl_rounds) / len(fl_rounds)
             rows.append(
                 [
                     scheme,
-                    label,
+                    plain_label,
+                    fl_label,
                     plain_round,
                     fl_round,
                     fl_round / plain_round,
-                    plain[-1]["test_accuracy"],
+                    base[-1]["test_accuracy"],
                     doc["rounds"][-1]["test_accuracy"],
                 ]
             )
             mean = [sum(col) / len(fl_rounds) for col in zip(*(breakdown(r) for r in fl_rounds), strict=True)]
-            breakdown_rows.append([scheme, label, *mean])
-            data[f"{scheme}/{label}"] = {"plain": plain, "fl": doc["rounds"], "ratio": fl_round / plain_round}
+            breakdown_rows.append([scheme, fl_label, *mean])
+            data[f"{scheme}/{fl_label}"] = {
+                "plain": base,
+                "plain_variant": plain_label,
+                "fl": doc["rounds"],
+                "ratio": fl_round / plain_round,
+            }
     body = (
-        f"Workload: SST-2, {clients} clients x {args.per_client} examples, batch 16, max length 64, 1 local epoch, "
-        f"{args.rounds} rounds, evaluation on {len(test)} dev sentences every round. Plain loop: one process, "
-        "transformers + peft + torch only, same shards, same optimizer and learning rate.\n\n"
+        f"Workload: SST-2, {clients} clients x {args.per_client} examples (the same contiguous shards on both sides), "
+        f"batch 16, max length 64, 1 local epoch, {args.rounds} rounds, scoring of {len(test)} dev sentences after "
+        "every round. Plain loop: `bench/plain.py`, transformers + peft + torch only, same optimizer and learning "
+        "rate; with worker processes, a torch multiprocessing pool trains the clients (1 thread each) and the main "
+        "process averages and scores. Each pair is measured back to back in one run.\n\n"
         + md_table(
             [
                 "scheme",
-                "fl variant",
-                "plain loop s / round",
+                "plain loop",
+                "fl",
+                "plain s / round",
                 "fl s / round",
                 "ratio fl / plain",
                 "plain final acc",
@@ -191,24 +132,26 @@ def main(argv: list[str] | None = None) -> Path:
             ],
             rows,
         )
-        + "\nWhere an fl round goes (mean seconds per round):\n\n"
+        + "\nWhere an fl round goes (mean seconds per round; training is the slowest client rank's, idle is how long "
+        "the other client ranks wait for it):\n\n"
         + md_table(
             [
                 "scheme",
-                "fl variant",
+                "fl",
                 "round",
                 "client training",
+                "idle",
                 "communication",
                 "aggregation",
                 "server KD",
                 "evaluation",
-                "rest (idle, bookkeeping)",
+                "rest (bookkeeping)",
             ],
             breakdown_rows,
         )
     )
     name = f"overhead{'-quick' if args.quick else ''}"
-    path = write_report("bench.overhead", name, "Framework overhead", body, data, Path(args.out))
+    path = write_report("bench.overhead", name, "Framework overhead", body, data, Path(args.out), argv=argv)
     print(path.read_text())
     return path
 

@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> Path:
         "client rank, whatever the number of clients it hosts, plus one 4-byte rejection flag per client).\n"
     )
     name = f"scaling{'-quick' if args.quick else ''}"
-    path = write_report("bench.scaling", name, "Scaling with virtual clients", body, {"runs": data}, Path(args.out))
+    path = write_report(
+        "bench.scaling", name, "Scaling with virtual clients", body, {"runs": data}, Path(args.out), argv=argv
+    )
     print(path.read_text())
     return path
 

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, write_report
+from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, run_torchrun, write_report
 
 SCHEMES = [  # (label, run name, recipe, extra overrides)
     ("FedAvg", "fedavg", "fedavg.yaml", ["scheme=fedavg", "lr=5e-5"]),
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--data-dir", default=str(GLUE), help="GLUE folder for sst2 / cola")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--max-train-samples", type=int, default=2500, help="train rows before the public split")
+    ap.add_argument("--max-train-samples", type=int, default=2000, help="train rows before the public split")
+    ap.add_argument("--nproc", type=int, default=3, help="processes per federated run: torchrun when > 1")
     ap.add_argument("--max-eval-samples", type=int, default=None, help="default: the whole test split")
     ap.add_argument("--model", default="embedded", help="model of every scheme and of the teacher")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks the benchmark runs")
@@ -95,8 +96,12 @@ def main(argv: list[str] | None = None) -> Path:
 
     results: dict[str, dict[str, Any]] = {}
     for label, run_name, recipe, extra in SCHEMES:
-        results[label] = run_inprocess(recipe, [*common, *extra, f"teacher_ckpt={teacher}", f"run_name={run_name}"])
-    # centralized: one client holds every client example; same model, LoRA, lr, epochs per round
+        over = [*common, *extra, f"teacher_ckpt={teacher}", f"run_name={run_name}"]
+        if args.nproc > 1:
+            results[label] = run_torchrun(recipe, over, args.nproc, runs / run_name)
+        else:
+            results[label] = run_inprocess(recipe, over)
+    # centralized: one client holds every client example, in one process; same model, LoRA, lr, epochs
     results["Centralized (1 client, FedLoRA)"] = run_inprocess(
         "fedlora.yaml", [*common, "scheme=fedlora", "num_clients=1", "run_name=centralized"]
     )
@@ -127,7 +132,14 @@ def main(argv: list[str] | None = None) -> Path:
         f"(first {args.max_train_samples} train rows, 20% public slice kept out, test split: "
         f"{args.max_eval_samples or 'all'} rows). Model: the embedded MiniLM-L6 for every scheme; FedKDLoRA's "
         f"teacher is MiniLM-L6 pre-trained on the public slice (teacher test {metric.replace('test_', '')} "
-        f"{teacher_doc['rounds'][-1][metric]:.4f}). Bytes are per round, simulated one client per rank.\n\n"
+        f"{teacher_doc['rounds'][-1][metric]:.4f}). Federated runs: "
+        + (
+            f"torchrun, {args.nproc} processes (rank 0 + {args.nproc - 1} client ranks); bytes are what rank 0's "
+            "collectives moved per round"
+            if args.nproc > 1
+            else "one process; bytes are simulated one client per rank"
+        )
+        + "; the centralized reference runs in one process.\n\n"
         + md_table(
             [
                 "scheme",
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> Path:
         "teacher": teacher_doc["rounds"],
         "results": {k: {"rounds": v["rounds"], "elapsed_s": v["elapsed_s"]} for k, v in results.items()},
     }
-    path = write_report("bench.schemes", name, f"Scheme comparison: {args.task}", body, data, out)
+    path = write_report("bench.schemes", name, f"Scheme comparison: {args.task}", body, data, out, argv=argv)
     print(path.read_text())
     return path
 

@@ -110,10 +110,14 @@ def evaluate(
     model: nn.Module, data: Encoded, batch_size: int, device: torch.device, num_labels: int
 ) -> dict[str, float]:
     """Mean cross-entropy, accuracy, MCC and F1 on `data`."""
-    logits = predict(model, data, batch_size, device)
-    labels = torch.tensor(data.labels)
-    loss_sum = float(F.cross_entropy(logits, labels, reduction="sum"))
-    return classification_metrics(logits.argmax(dim=-1), labels, loss_sum, num_labels)
+    return metrics_from_logits(predict(model, data, batch_size, device), data.labels, num_labels)
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: list[int], num_labels: int) -> dict[str, float]:
+    """Mean cross-entropy, accuracy, MCC and F1 from logits [N, K] and the N labels."""
+    target = torch.tensor(labels)
+    loss_sum = float(F.cross_entropy(logits.float(), target, reduction="sum"))
+    return classification_metrics(logits.argmax(dim=-1), target, loss_sum, num_labels)
 
 
 def train_steps(num_examples: int, batch_size: int, epochs: int) -> int:

@@ -230,7 +230,7 @@ class Encoded:
 
 
 def encode(tokenizer, data: TextDataset, max_length: int) -> Encoded:
-    ids = tokenizer(data.texts, truncation=True, max_length=max_length)["input_ids"]
+    ids = tokenizer(data.texts, truncation=True, max_length=max_length)["input_ids"] if len(data) else []
     return Encoded(ids, list(data.labels), tokenizer.pad_token_id or 0)
 
 

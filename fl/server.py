@@ -2,10 +2,13 @@
 ranks 1..N, and the final export. Without torchrun (world size 1) rank 0 trains every client
 itself, one after another: the simulation path, with the same seeds and the same arithmetic.
 
-Round r, as data flows:
-  rank 0 --broadcast(global state)--> ranks 1..N
+Round r, as data flows (ranks 1..N already hold the global state of round r-1):
+  [KD on clients] rank 0 --broadcast(teacher logits on the round's public rows)--> ranks 1..N
   each client rank: for each of its clients: load global, train locally, acc += n_i * theta_i
-  ranks 1..N --reduce(sum n_i*theta_i, sum n_i, sum loss)--> rank 0: aggregate, evaluate, record
+  ranks 1..N --reduce(sum n_i*theta_i, sum n_i, sum loss)--> rank 0: aggregate [, server KD]
+  rank 0 --broadcast(new global state)--> ranks 1..N
+  every client rank scores its share of the test rows; --reduce(logits)--> rank 0: metrics, record
+The evaluation is split over the client ranks so that no rank waits while one scores the test set.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from fl import comm, models
 from fl.checkpoint import find_resume_point, load_checkpoint, save_checkpoint, split_prefix, with_prefix
-from fl.client import KDTargets, client_seed, evaluate, predict, train_local, train_steps
+from fl.client import KDTargets, client_seed, metrics_from_logits, predict, train_local, train_steps
 from fl.config import Config, ConfigError, parse_fault
 from fl.data import Encoded, TaskData, encode, load_task
 from fl.partition import partition, public_split
@@ -56,6 +59,15 @@ def clients_of_rank(rank: int, world_size: int, num_clients: int) -> list[int]:
     if rank == 0:
         return []
     return [c for c in range(num_clients) if 1 + c % (world_size - 1) == rank]
+
+
+def eval_rows(rank: int, world_size: int, num_rows: int) -> list[int]:
+    """Test rows this rank scores: every (world-1)-th row from rank-1 on client ranks, all in simulation."""
+    if world_size == 1:
+        return list(range(num_rows))
+    if rank == 0:
+        return []
+    return list(range(rank - 1, num_rows, world_size - 1))
 
 
 def prepare(cfg: Config, rt: comm.Runtime) -> Setup:
@@ -232,7 +244,8 @@ def _run(cfg: Config, rt: comm.Runtime, start: float, progress: dict[str, Any]) 
     reporter = Reporter(cfg.run_dir / "results.json", enabled=rt.is_main)
     strategy, train, num_labels = s.strategy, s.task.train, s.task.num_labels
     encoded = {c: encode(s.tokenizer, train.subset(s.shards[c]), cfg.max_length) for c in s.my_clients}
-    test = encode(s.tokenizer, s.task.test, cfg.max_length) if rt.is_main else None
+    my_test_rows = eval_rows(rt.rank, rt.world_size, len(s.task.test))
+    my_test = encode(s.tokenizer, s.task.test.subset(my_test_rows), cfg.max_length)
     # KD on clients: every rank tokenizes the public slice for the student (it is public data)
     public = encode(s.tokenizer, train.subset(range(s.public_size)), cfg.max_length) if strategy.kd_on_clients else None
     trainable, total = models.count_parameters(s.model)
@@ -256,15 +269,26 @@ def _run(cfg: Config, rt: comm.Runtime, start: float, progress: dict[str, Any]) 
             "payload_bytes": payload,
             "public_examples": s.public_size,
             "client_examples": [len(x) for x in s.shards],
+            "test_examples": len(s.task.test),
             "resumed_from": resumed_from,
         },
     )
     reporter.doc["rounds"] = records
 
     def evaluate_global(round_idx: int, extra: dict[str, Any]) -> None:
+        """Every rank scores its test rows with the global model; rank 0 sums the logits [T, K] and records."""
         t0 = time.perf_counter()
-        m = evaluate(s.model, test, cfg.eval_batch_size, rt.device, num_labels)
-        rec = {"round": round_idx, **{f"test_{k}": v for k, v in m.items()}, **extra, **strategy.evaluate_extra()}
+        logits = torch.zeros(len(s.task.test), num_labels)
+        if my_test_rows:
+            logits[my_test_rows] = predict(s.model, my_test, cfg.eval_batch_size, rt.device)
+        teacher = strategy.evaluate_extra() if rt.is_main else {}  # the teacher lives on rank 0
+        comm.bytes_moved.take()
+        logits = comm.reduce_sum(rt, {"logits": logits})[0]["logits"]
+        if not rt.is_main:
+            return
+        m = metrics_from_logits(logits, s.task.test.labels, num_labels)
+        rec = {"round": round_idx, **{f"test_{k}": v for k, v in m.items()}, **extra, **teacher}
+        rec["bytes_eval"] = comm.bytes_moved.take()[0]
         rec["time_eval_s"] = time.perf_counter() - t0
         if "time_s" in rec:
             rec["time_s"] += rec["time_eval_s"]
@@ -280,8 +304,12 @@ def _run(cfg: Config, rt: comm.Runtime, start: float, progress: dict[str, Any]) 
         meta = {"config": cfg.to_dict(), "records": reporter.doc["rounds"], "server": server_extra}
         progress["checkpoint"] = str(save_checkpoint(cfg.run_dir, round_idx, tensors, meta, cfg.keep_checkpoints))
 
-    if rt.is_main and first_round == 1:
-        evaluate_global(0, {"train_loss": None, "time_s": 0.0, "bytes_up": 0, "bytes_down": 0, "bytes_logits": 0})
+    comm.bytes_moved.take()
+    global_state, _ = comm.broadcast_state(rt, global_state)  # every rank starts from rank 0's model
+    models.set_trainable_state(s.model, global_state)
+    if first_round == 1:
+        initial = {"train_loss": None, "time_s": 0.0, "bytes_up": 0, "bytes_logits": 0}
+        evaluate_global(0, {**initial, "bytes_down": comm.bytes_moved.down})
     reporter.start(cfg.rounds - first_round + 1)
     for r in range(first_round, cfg.rounds + 1):
         progress["round"] = r
@@ -291,42 +319,43 @@ def _run(cfg: Config, rt: comm.Runtime, start: float, progress: dict[str, Any]) 
         comm.bytes_moved.take()
         steps = sum(train_steps(len(encoded[c]), cfg.batch_size, cfg.local_epochs) for c in s.my_clients)
         reporter.round_started(r, steps)
-        # rank 0 -> clients: the global state [+ teacher logits on the round's public rows], one buffer;
-        # the other ranks pass same-shaped tensors to receive into
-        down = dict(global_state)
+        # rank 0 -> clients: teacher logits on the round's public rows (KD on clients only); the other
+        # ranks pass a same-shaped tensor to receive into
         rows = strategy.public_rows(r, s.public_size)  # [] for schemes without distillation
         kd_down = bool(rows) and strategy.kd_on_clients
-        if kd_down:
-            down[KD_TARGETS] = strategy.teacher_logits(rows) if rt.is_main else torch.zeros(len(rows), num_labels)
-        down, _ = comm.broadcast_state(rt, down)
         kd = None
         if kd_down:
-            targets = down.pop(KD_TARGETS)
+            down = {KD_TARGETS: strategy.teacher_logits(rows) if rt.is_main else torch.zeros(len(rows), num_labels)}
+            targets = comm.broadcast_state(rt, down)[0][KD_TARGETS]
             kd = KDTargets(public.subset(rows), targets, cfg.kd_alpha, cfg.kd_temperature)
-        global_state = down
         t_train = time.perf_counter()
         acc, totals = train_my_clients(s, r, global_state, encoded, reporter, kd)
         t_reduce = time.perf_counter()
-        # clients -> rank 0: sum n_i * theta_i [+ sum n_i * logits_i], sum n_i, losses, rejections
-        weighted_sum, sums = comm.reduce_sum(rt, acc, totals)
+        # clients -> rank 0: sum n_i * theta_i [+ sum n_i * logits_i], sum n_i, losses, rejections, and
+        # each rank's training seconds in its own slot
+        slots = [0.0] * rt.world_size
+        slots[rt.rank] = t_reduce - t_train
+        weighted_sum, sums = comm.reduce_sum(rt, acc, [*totals, *slots])
         t_agg = time.perf_counter()
-        if not rt.is_main:
-            continue
         n, loss_sum, seen = sums[:3]
-        rejected = [c for c, flag in enumerate(sums[3:]) if flag > 0.5]
+        rejected = [c for c, flag in enumerate(sums[3 : len(totals)]) if flag > 0.5]
+        busy = sums[len(totals) :][1:] if rt.distributed else slots  # client ranks' training seconds
         server_metrics: dict[str, float] = {}
-        if n > 0:
+        t_server = t_agg
+        if rt.is_main and n > 0:
             ensemble = weighted_sum.pop(KD_LOGITS) / n if kd_down else None
             global_state = strategy.aggregate(weighted_sum, n, global_state)
             models.set_trainable_state(s.model, global_state)
             t_server = time.perf_counter()
             server_metrics = strategy.server_update(s.model, r, rows, ensemble)
-        else:  # every update was rejected: keep the previous global model
+        elif rt.is_main:  # every update was rejected: keep the previous global model
             reporter.log(f"round {r}: every client update was rejected; the global model stays as it was")
             models.set_trainable_state(s.model, global_state)
-            t_server = time.perf_counter()
         t_done = time.perf_counter()
-        global_state = snapshot(models.get_trainable_state(s.model))
+        # rank 0 -> clients: the new global state, to score now and to train from next round
+        global_state, _ = comm.broadcast_state(rt, snapshot(models.get_trainable_state(s.model)))
+        models.set_trainable_state(s.model, global_state)
+        t_sent = time.perf_counter()
         logits_bytes = len(rows) * num_labels * 4 if kd_down else 0
         up, down_bytes = comm.bytes_moved.take()
         senders = rt.client_ranks if rt.distributed else cfg.num_clients
@@ -337,8 +366,10 @@ def _run(cfg: Config, rt: comm.Runtime, start: float, progress: dict[str, Any]) 
             {
                 "train_loss": loss_sum / seen if seen else None,
                 "time_s": time.perf_counter() - t0,
-                "time_train_s": t_reduce - t_train,
-                "time_comm_s": (t_train - t0) + (t_agg - t_reduce),
+                # the slowest client rank's training (the round's critical path); the others idle meanwhile
+                "time_train_s": max(busy),
+                "time_idle_s": max(busy) - sum(busy) / len(busy),
+                "time_comm_s": (t_train - t0) + (t_agg - t_train - max(busy)) + (t_sent - t_done),
                 "time_aggregate_s": t_server - t_agg,
                 "time_server_kd_s": t_done - t_server,
                 "bytes_up": up,
@@ -349,7 +380,8 @@ def _run(cfg: Config, rt: comm.Runtime, start: float, progress: dict[str, Any]) 
                 **server_metrics,
             },
         )
-        checkpoint(r)
+        if rt.is_main:
+            checkpoint(r)
     reporter.stop()
     memory = comm.gather_object(rt, peak_memory(rt.device))  # per rank: what each process needed
     if rt.is_main:

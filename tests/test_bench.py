@@ -23,10 +23,31 @@ def test_schemes_quick(tmp_path, tiny_model_dir):
 def test_overhead_quick(tmp_path, tiny_model_dir):
     from bench import overhead
 
-    path = overhead.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--data-dir", str(GLUE)])
+    args = ["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--data-dir", str(GLUE)]
+    path = overhead.main(args)
     doc = json.loads(path.with_suffix(".json").read_text())
-    assert {"fedlora/fl, 1 process", "fedavg/fl, 1 process"} <= set(doc)
-    assert all(v["ratio"] > 0 for k, v in doc.items() if "/" in k)
+    runs = {k: v for k, v in doc.items() if "/" in k}
+    assert set(runs) == {"fedlora/torchrun 3 procs (rank 0 + 2 client ranks)",
+                         "fedavg/torchrun 3 procs (rank 0 + 2 client ranks)"}  # fmt: skip
+    for v in runs.values():
+        assert v["ratio"] > 0 and v["plain_variant"] == "2 worker processes x 1 thread"
+        assert len(v["plain"]) == 1 and len(v["fl"]) == 2  # 1 round (+ fl's round 0)
+    assert "python -m bench.overhead --quick" in path.read_text()
+
+
+@pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue not present")
+def test_peer_quick(tmp_path, tiny_model_dir):
+    pytest.importorskip("flwr", reason="Flower comes with the peer extra: pip install -e '.[peer]'")
+    from bench import peer
+
+    args = ["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--data-dir", str(GLUE)]
+    path = peer.main(args)
+    doc = json.loads(path.with_suffix(".json").read_text())
+    labels = [r["label"] for r in doc["results"]]
+    assert labels[0].startswith("Flower ") and len(labels) == 3
+    for r in doc["results"]:  # every side finished its round and was measured
+        assert len(r["rounds_s"]) == 1 and r["wall_s"] > 0 and r["peak_gib"] > 0
+    assert set(doc["ratios"]) == {"round", "round_after_first", "total", "peak_memory"}
 
 
 def test_scaling_quick(tmp_path, tiny_model_dir):

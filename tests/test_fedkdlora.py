@@ -64,7 +64,8 @@ def test_torchrun_fedkdlora_records_teacher_and_student(kd_setup, placement, tin
     for rec in doc["rounds"][1:]:
         if placement == "clients":
             assert rec["bytes_logits"] == 2 * 2 * logits  # down and up, 2 client ranks
-            assert rec["bytes_up"] == 2 * (doc["payload_bytes"] + logits + (3 + 3) * 4)  # + 3 scalars, 3 flags
+            # + 3 scalars, 3 rejection flags, 3 per-rank training-time slots
+            assert rec["bytes_up"] == 2 * (doc["payload_bytes"] + logits + (3 + 3 + 3) * 4)
             assert "kd_teacher_loss" in rec
         else:
             assert rec["bytes_logits"] == 0 and "kd_student_loss" in rec

@@ -11,7 +11,15 @@ from fl.config import load_config
 from fl.server import run
 from tests.test_server import RECIPE, hand_rounds, run_torchrun
 
-TIME_KEYS = {"time_s", "time_train_s", "time_comm_s", "time_aggregate_s", "time_server_kd_s", "time_eval_s"}
+TIME_KEYS = {
+    "time_s",
+    "time_train_s",
+    "time_idle_s",
+    "time_comm_s",
+    "time_aggregate_s",
+    "time_server_kd_s",
+    "time_eval_s",
+}
 
 
 def _records(doc):

@@ -16,7 +16,7 @@ from fl import comm, models
 from fl.client import client_seed, evaluate, train_local
 from fl.config import load_config
 from fl.data import encode
-from fl.server import clients_of_rank, prepare, run
+from fl.server import clients_of_rank, eval_rows, prepare, run
 from tests.conftest import make_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +86,13 @@ def test_clients_of_rank_round_robin():
     assert clients_of_rank(1, 3, 5) == [0, 2, 4] and clients_of_rank(2, 3, 5) == [1, 3]
 
 
+def test_eval_rows_split_the_test_set_over_client_ranks():
+    assert eval_rows(0, 1, 5) == [0, 1, 2, 3, 4]  # simulation: the one process scores everything
+    assert eval_rows(0, 3, 5) == []  # rank 0 aggregates while the client ranks score
+    assert eval_rows(1, 3, 5) == [0, 2, 4] and eval_rows(2, 3, 5) == [1, 3]
+    assert sorted(sum((eval_rows(r, 4, 10) for r in range(4)), [])) == list(range(10))
+
+
 @pytest.fixture(scope="module")
 def torchrun_result(tmp_path_factory, tiny_model_dir, tiny_task):
     """One real 3-process gloo job: rank 0 aggregates, 2 client ranks host 4 clients."""
@@ -111,9 +118,14 @@ def test_torchrun_results_file(torchrun_result):
     assert doc["payload_bytes"] == 4 * numel == comm.packed_nbytes(adapter)
     for rec in doc["rounds"][1:]:
         # each of the 2 client ranks sends one packed buffer: adapter + (n, loss, seen) + 4 rejection flags
-        assert rec["bytes_up"] == 2 * 4 * (numel + 3 + 4)
+        # + 3 per-rank training-time slots
+        assert rec["bytes_up"] == 2 * 4 * (numel + 3 + 4 + 3)
+        assert rec["time_train_s"] > 0 and rec["time_idle_s"] >= 0
         assert rec["bytes_down"] == 2 * 4 * numel
         assert rec["num_examples"] == sum(doc["client_examples"])
+    assert doc["rounds"][0]["bytes_down"] == 2 * 4 * numel  # the initial model, sent once before round 1
+    for rec in doc["rounds"]:  # the 2 client ranks each send logits [T, 2] for their share of the test rows
+        assert rec["bytes_eval"] == 2 * 4 * 2 * doc["test_examples"]
 
 
 def test_torchrun_global_adapter_is_weighted_mean_of_client_updates(torchrun_result):

@@ -1,0 +1,181 @@
+"""Peer comparison: the same FedLoRA workload run by Flower's simulation engine and by fl, each in
+its own process tree, one after the other on the same cores: seconds per round, total wall time
+(start-up and teardown included), peak memory of the whole process tree, final accuracy.
+
+Workload (both sides): MiniLM-L6 + LoRA r8 on query/value + head, SST-2, 4 clients x 500 examples
+(the same contiguous shards fl builds, after its 20% public slice), batch 16, max length 64,
+1 local epoch, lr 2e-3, 3 rounds, seed 42, the global model scored on the 872 dev sentences
+before round 1 and after every round.
+
+    pip install -e ".[peer]"                       # Flower with its simulation engine (Ray)
+    python -m bench.peer                           # Flower, fl in one process, fl under torchrun
+    python -m bench.peer --quick                   # seconds: checks the benchmark runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import GLUE, REPORTS, RUNS, md_table, measure, run_torchrun, write_report
+
+
+def flower_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """bench.flower_app in a fresh Python; its per-round log plus wall time and peak tree PSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        code = "from bench.flower_app import main; main()"
+        proc, wall, peak = measure([sys.executable, "-c", code, str(spec_path), str(out_path)])
+        if proc.returncode != 0 or not out_path.exists():
+            raise RuntimeError(f"Flower run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        doc = json.loads(out_path.read_text())
+    doc["wall_s"], doc["peak_tree_pss_bytes"] = wall, peak
+    return doc
+
+
+def summary(label: str, rounds: list[dict[str, Any]], wall: float, peak: int, acc_key: str) -> dict[str, Any]:
+    per_round = [r["time_s"] for r in rounds[1:]]
+    steady = per_round[1:] or per_round  # after round 1, which also pays lazy start-up (Flower's actors)
+    return {
+        "label": label,
+        "round_s": sum(per_round) / len(per_round),
+        "steady_round_s": sum(steady) / len(steady),
+        "rounds_s": per_round,
+        "eval_s": sum(r["time_eval_s"] for r in rounds[1:]) / len(per_round),
+        "wall_s": wall,
+        "peak_gib": peak / 2**30,
+        "final_accuracy": rounds[-1][acc_key],
+    }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog="python -m bench.peer", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=str(GLUE), help="GLUE folder (SST-2)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--per-client", type=int, default=500)
+    ap.add_argument("--model", default="embedded", help="model of both sides ('embedded' = MiniLM-L6)")
+    ap.add_argument("--fl-procs", default="1,3", help="fl variants: 1 = one process, N > 1 = torchrun N procs")
+    ap.add_argument("--quick", action="store_true", help="seconds: 1 round, 8 examples per client, 16 test rows")
+    ap.add_argument("--out", default=str(REPORTS))
+    args = ap.parse_args(argv)
+    max_eval = None
+    if args.quick:
+        args.rounds, args.per_client, max_eval = 1, 8, 16
+
+    from fl.config import Config
+    from fl.data import load_task
+    from fl.models import resolve_model
+    from fl.partition import partition, public_split
+
+    n_train = int(args.clients * args.per_client / 0.8)  # fl keeps its 20% public slice out of the clients
+    cfg = Config(task="sst2", data_dir=args.data_dir, max_train_samples=n_train, max_eval_samples=max_eval)
+    task = load_task(cfg)
+    _, private = public_split(len(task.train), cfg.teacher_data_pct)
+    labels = [task.train.labels[i] for i in private]
+    shards = [
+        [(task.train.texts[private.start + i], task.train.labels[private.start + i]) for i in shard]
+        for shard in partition(labels, args.clients, "contiguous", 42)
+    ]
+    test = list(zip(task.test.texts, task.test.labels, strict=True))
+    cores = len(os.sched_getaffinity(0))
+    spec = {
+        "model_path": resolve_model(args.model),
+        "shards": shards,
+        "test": test,
+        "rounds": args.rounds,
+        "lr": 2e-3,
+        "seed": 42,
+        "cores": cores,
+        "cpus_per_client": 1,
+    }
+    from importlib.metadata import version
+
+    flower_label = f"Flower {version('flwr')} simulation (Ray {version('ray')}, 1 CPU per client)"
+    results = [summary(flower_label, *_flower(spec), "accuracy")]
+
+    runs = RUNS / f"peer{'-quick' if args.quick else ''}"
+    common = [
+        "scheme=fedlora",
+        "task=sst2",
+        f"data_dir={args.data_dir}",
+        f"max_train_samples={n_train}",
+        f"num_clients={args.clients}",
+        f"rounds={args.rounds}",
+        "lr=2e-3",
+        f"model={args.model}",
+        "seed=42",
+        "partition=contiguous",
+        f"output_dir={runs}",
+        "save_model=false",
+        "checkpoint_every=0",
+    ] + ([f"max_eval_samples={max_eval}"] if max_eval else [])
+    docs = {}
+    for nproc in (int(x) for x in args.fl_procs.split(",")):
+        name = f"fl-{nproc}proc"
+        doc = run_torchrun("fedlora.yaml", [*common, f"run_name={name}"], nproc, runs / name)
+        label = "fl, one process" if nproc == 1 else f"fl, torchrun {nproc} procs (rank 0 + {nproc - 1} client ranks)"
+        docs[label] = doc
+        results.append(summary(label, doc["rounds"], doc["wall_s"], doc["peak_tree_pss_bytes"], "test_accuracy"))
+
+    flower = results[0]
+    best = min(results[1:], key=lambda r: r["round_s"])
+    rows = [
+        [r["label"], r["round_s"], r["steady_round_s"], r["eval_s"], r["wall_s"], r["peak_gib"], r["final_accuracy"]]
+        for r in results
+    ]
+    ratios = {
+        "round": best["round_s"] / flower["round_s"],
+        "round_after_first": best["steady_round_s"] / flower["steady_round_s"],
+        "total": best["wall_s"] / flower["wall_s"],
+        "peak_memory": best["peak_gib"] / flower["peak_gib"],
+    }
+    body = (
+        f"Workload: FedLoRA, SST-2, {args.clients} clients x {args.per_client} examples (same shards on both sides), "
+        f"batch 16, max length 64, 1 local epoch, lr 2e-3, {args.rounds} rounds, seed 42, server-side scoring of "
+        f"{len(test)} dev sentences before round 1 and after each round. Flower's clients run `bench.plain`'s "
+        "training (the no-framework loop); fl runs its own. Each side runs alone, in its own process tree; "
+        "peak memory is the largest sum of PSS over every process of the tree (sampled every 0.25 s).\n\n"
+        + md_table(
+            [
+                "run",
+                "s / round",
+                "s / round after round 1",
+                "of which scoring",
+                "total wall s",
+                "peak memory GiB",
+                "final acc",
+            ],
+            rows,
+        )
+        + f"\nfl's best ({best['label']}) against Flower, from this one run:\n\n"
+        + md_table(
+            ["ratio fl / Flower", "value", "target"],
+            [
+                ["seconds per round", ratios["round"], "<= 0.9"],
+                ["seconds per round, after round 1", ratios["round_after_first"], "<= 0.9"],
+                ["total wall time", ratios["total"], "<= 0.9"],
+                ["peak memory", ratios["peak_memory"], "<= 0.7"],
+            ],
+        )
+    )
+    name = f"peer{'-quick' if args.quick else ''}"
+    data = {"results": results, "ratios": ratios, "fl_best": best["label"]}
+    path = write_report("bench.peer", name, "Peer comparison: fl against Flower", body, data, Path(args.out), argv=argv)
+    print(path.read_text())
+    return path
+
+
+def _flower(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], float, int]:
+    doc = flower_run(spec)
+    return doc["rounds"], doc["wall_s"], doc["peak_tree_pss_bytes"]
+
+
+if __name__ == "__main__":
+    main()
