@@ -132,10 +132,12 @@ def write_report(
     data: dict[str, Any],
     out_dir: Path = REPORTS,
     argv: list[str] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> Path:
-    """<name>.md and <name>.json under out_dir, both naming the machine and the command."""
+    """<name>.md and <name>.json under out_dir, both naming the machine and the command (`info`: the
+    machine, command and date of a saved report being re-rendered; default: this run's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = {
+    info = info or {
         "machine": machine(),
         "command": command_line(module, argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--quick", action="store_true", help="seconds: 1 round, 8 examples per client, 16 test rows")
     ap.add_argument("--out", default=str(REPORTS))
     args = ap.parse_args(argv)
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is None:
+        ap.error("Flower is not installed; install the peer extra: pip install -e '.[peer]'")
     max_eval = None
     if args.quick:
         args.rounds, args.per_client, max_eval = 1, 8, 16

@@ -77,7 +77,7 @@ def train_client(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        total += float(loss) * len(rows)
+        total += float(loss.detach()) * len(rows)
     return total / max(len(shard), 1)
 
 

@@ -58,10 +58,16 @@ def main(argv: list[str] | None = None) -> Path:
                 rec["bytes_up"],
                 rec["bytes_down"],
                 doc["wall_s"],
+                doc["peak_tree_pss_bytes"] / 2**20,
             ]
             + ([max(g for g in gpu if g is not None)] if gpu[0] else [])
         )
-        data[n] = {"round": rec, "peak_memory_per_rank": doc["peak_memory_per_rank"], "wall_s": doc["wall_s"]}
+        data[n] = {
+            "round": rec,
+            "peak_memory_per_rank": doc["peak_memory_per_rank"],
+            "wall_s": doc["wall_s"],
+            "peak_tree_pss_bytes": doc["peak_tree_pss_bytes"],
+        }
     first, last = rows[0], rows[-1]
     per_client_mib = (last[4] - first[4]) / max(last[0] - first[0], 1)
     adapter_mib = doc["payload_bytes"] / 2**20
@@ -74,12 +80,15 @@ def main(argv: list[str] | None = None) -> Path:
         "bytes up / round",
         "bytes down / round",
         "job wall s",
+        "job peak PSS MiB",
     ]
     if len(rows[0]) > len(headers):
         headers.append("peak GPU MiB")
     body = (
         f"FedLoRA, MiniLM-L6, {args.per_client} Rotten Tomatoes examples per client, {args.client_ranks} client "
-        f"ranks (torchrun, {nproc} processes), 1 round, 200 test rows.\n\n"
+        f"ranks (torchrun, {nproc} processes), 1 round, 200 test rows. Per-rank peaks are each process's own "
+        "peak RSS; the job's peak is the largest sum of PSS over every process of the job (torchrun's agent "
+        "included), sampled every 0.25 s.\n\n"
         + md_table(headers, rows)
         + f"\nGrowth from {first[0]} to {last[0]} clients: time per round grows with the data trained "
         f"({last[1] / first[1]:.1f}x for {last[0] / first[0]:.0f}x the examples); client-rank peak memory grows "

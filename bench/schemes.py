@@ -10,6 +10,8 @@ total examples and epochs). Writes bench/reports/<task>-schemes.{md,json,png}.
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ def plot(task: str, results: dict[str, dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metric = "test_mcc" if task == "cola" else "test_accuracy"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -41,10 +44,18 @@ def plot(task: str, results: dict[str, dict[str, Any]], path: Path) -> None:
     ax2.set(xlabel="round", ylabel="test loss (mean cross-entropy)", title=f"{task}: loss")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def with_quick_sizes(args: argparse.Namespace) -> argparse.Namespace:
+    """--quick: tiny sizes, seconds."""
+    if args.quick:
+        args.rounds, args.max_train_samples, args.max_eval_samples = 1, 120, 40
+    return args
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -53,16 +64,21 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--data-dir", default=str(GLUE), help="GLUE folder for sst2 / cola")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--max-train-samples", type=int, default=2000, help="train rows before the public split")
+    ap.add_argument("--max-train-samples", type=int, default=1200, help="train rows before the public split")
     ap.add_argument("--nproc", type=int, default=3, help="processes per federated run: torchrun when > 1")
     ap.add_argument("--max-eval-samples", type=int, default=None, help="default: the whole test split")
     ap.add_argument("--model", default="embedded", help="model of every scheme and of the teacher")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks the benchmark runs")
     ap.add_argument("--out", default=str(REPORTS), help="report folder")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="extra fl config overrides for every run")
+    ap.add_argument("--from-json", metavar="REPORT.json", help="re-render a saved report's md and png; runs nothing")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.rounds, args.max_train_samples, args.max_eval_samples = 1, 120, 40
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        info = {k: saved.pop(k) for k in ("machine", "command", "date")}
+        run_args = with_quick_sizes(ap.parse_args(shlex.split(info["command"])[3:]))  # as the run that saved it
+        return render(run_args, saved, Path(args.from_json).parent, None, info)
+    args = with_quick_sizes(args)
     runs = RUNS / f"{args.task}-schemes{'-quick' if args.quick else ''}"
     common = [
         f"task={args.task}",
@@ -106,24 +122,40 @@ def main(argv: list[str] | None = None) -> Path:
         "fedlora.yaml", [*common, "scheme=fedlora", "num_clients=1", "run_name=centralized"]
     )
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    data = {
+        "task": args.task,
+        "rounds": args.rounds,
+        "clients": args.clients,
+        "teacher": teacher_doc["rounds"],
+        "results": {k: {"rounds": v["rounds"], "elapsed_s": v["elapsed_s"]} for k, v in results.items()},
+    }
+    return render(args, data, Path(args.out), argv)
+
+
+def render(args: argparse.Namespace, data: dict[str, Any], out: Path, argv: list[str] | None, info=None) -> Path:
+    """The report (md, json, png) from the runs' data; `info` keeps a saved report's machine/command/date."""
     name = f"{args.task}-schemes{'-quick' if args.quick else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    results = data["results"]
     plot(args.task, results, out / f"{name}.png")
     metric = "test_mcc" if args.task == "cola" else "test_accuracy"
     rows = []
     for label, doc in results.items():
         last = doc["rounds"][-1]
         per_round = doc["rounds"][1:]
+
+        def per(key: str, rounds: list[dict[str, Any]] = per_round) -> int:
+            return round(sum(r.get(key, 0) for r in rounds) / max(len(rounds), 1))
+
         rows.append(
             [
                 label,
                 last[metric],
                 last["test_loss"],
                 doc["elapsed_s"],
-                sum(r["bytes_up"] for r in per_round) / max(len(per_round), 1),
-                sum(r["bytes_down"] for r in per_round) / max(len(per_round), 1),
-                sum(r.get("bytes_logits", 0) for r in per_round) / max(len(per_round), 1),
+                per("bytes_up"),
+                per("bytes_down"),
+                per("bytes_logits"),
             ]
         )
     curve_rows = [[label] + [r[metric] for r in doc["rounds"]] for label, doc in results.items()]
@@ -132,14 +164,14 @@ def main(argv: list[str] | None = None) -> Path:
         f"(first {args.max_train_samples} train rows, 20% public slice kept out, test split: "
         f"{args.max_eval_samples or 'all'} rows). Model: the embedded MiniLM-L6 for every scheme; FedKDLoRA's "
         f"teacher is MiniLM-L6 pre-trained on the public slice (teacher test {metric.replace('test_', '')} "
-        f"{teacher_doc['rounds'][-1][metric]:.4f}). Federated runs: "
+        f"{data['teacher'][-1][metric]:.4f}). Federated runs: "
         + (
             f"torchrun, {args.nproc} processes (rank 0 + {args.nproc - 1} client ranks); bytes are what rank 0's "
             "collectives moved per round"
             if args.nproc > 1
             else "one process; bytes are simulated one client per rank"
         )
-        + "; the centralized reference runs in one process.\n\n"
+        + "; the centralized reference runs in one process (its bytes: what its one client would move).\n\n"
         + md_table(
             [
                 "scheme",
@@ -156,14 +188,8 @@ def main(argv: list[str] | None = None) -> Path:
         + md_table(["scheme"] + [f"round {i}" for i in range(args.rounds + 1)], curve_rows)
         + f"\n![per-round {metric} and loss]({name}.png)\n"
     )
-    data = {
-        "task": args.task,
-        "rounds": args.rounds,
-        "clients": args.clients,
-        "teacher": teacher_doc["rounds"],
-        "results": {k: {"rounds": v["rounds"], "elapsed_s": v["elapsed_s"]} for k, v in results.items()},
-    }
-    path = write_report("bench.schemes", name, f"Scheme comparison: {args.task}", body, data, out, argv=argv)
+    title = f"Scheme comparison: {args.task}"
+    path = write_report("bench.schemes", name, title, body, data, out, argv=argv, info=info)
     print(path.read_text())
     return path
 

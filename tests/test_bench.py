@@ -17,6 +17,11 @@ def test_schemes_quick(tmp_path, tiny_model_dir):
                                    "Centralized (1 client, FedLoRA)"}  # fmt: skip
     assert (tmp_path / "rotten_tomatoes-schemes-quick.png").stat().st_size > 0
     assert "machine:" in path.read_text() and "python -m bench.schemes" in path.read_text()
+    before = path.read_text()
+    (tmp_path / "rotten_tomatoes-schemes-quick.png").unlink()
+    again = schemes.main(["--from-json", str(path.with_suffix(".json"))])  # re-render, run nothing
+    assert again == path and again.read_text() == before
+    assert (tmp_path / "rotten_tomatoes-schemes-quick.png").stat().st_size > 0
 
 
 @pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue not present")
