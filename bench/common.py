@@ -124,6 +124,27 @@ def run_torchrun(recipe: str, overrides: list[str], nproc: int, run_dir: Path) -
     return doc
 
 
+def sst2_shards(
+    data_dir: str, clients: int, per_client: int, max_eval: int | None
+) -> tuple[int, list[list[tuple[str, int]]], list[tuple[str, int]]]:
+    """The reference workload's data as (text, label) rows: (train rows fl reads, the contiguous
+    client shards fl builds from them after its 20% public slice, the SST-2 dev rows)."""
+    from fl.config import Config
+    from fl.data import load_task
+    from fl.partition import partition, public_split
+
+    n_train = int(clients * per_client / 0.8)  # fl keeps its 20% public slice out of the clients
+    cfg = Config(task="sst2", data_dir=data_dir, max_train_samples=n_train, max_eval_samples=max_eval)
+    task = load_task(cfg)
+    _, private = public_split(len(task.train), cfg.teacher_data_pct)
+    labels = [task.train.labels[i] for i in private]
+    shards = [
+        [(task.train.texts[private.start + i], task.train.labels[private.start + i]) for i in shard]
+        for shard in partition(labels, clients, "contiguous", cfg.seed)
+    ]
+    return n_train, shards, list(zip(task.test.texts, task.test.labels, strict=True))
+
+
 def write_report(
     module: str,
     name: str,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import plain
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_torchrun, write_report
+from bench.common import GLUE, REPORTS, RUNS, md_table, run_torchrun, sst2_shards, write_report
 
 # the consecutive parts of a round on rank 0's clock (time_idle_s runs alongside training, on other ranks)
 PARTS = ("time_train_s", "time_comm_s", "time_aggregate_s", "time_server_kd_s", "time_eval_s")
@@ -47,21 +47,9 @@ def main(argv: list[str] | None = None) -> Path:
     if args.quick:
         args.rounds, args.per_client, max_eval = 1, 8, 16
 
-    from fl.config import Config
-    from fl.data import load_task
     from fl.models import resolve_model
-    from fl.partition import partition, public_split
 
-    n_train = int(clients * args.per_client / 0.8)  # fl keeps its 20% public slice out of the clients
-    cfg = Config(task="sst2", data_dir=args.data_dir, max_train_samples=n_train, max_eval_samples=max_eval)
-    task = load_task(cfg)
-    _, private = public_split(len(task.train), cfg.teacher_data_pct)
-    labels = [task.train.labels[i] for i in private]
-    shards = [
-        [(task.train.texts[private.start + i], task.train.labels[private.start + i]) for i in shard]
-        for shard in partition(labels, clients, "contiguous", 42)
-    ]
-    test = list(zip(task.test.texts, task.test.labels, strict=True))
+    n_train, shards, test = sst2_shards(args.data_dir, clients, args.per_client, max_eval)
     model_path = resolve_model(args.model)
     runs = RUNS / f"overhead{'-quick' if args.quick else ''}"
     pairs = [(args.workers, args.workers + 1)] + ([(0, 1)] if args.all else [])  # (plain workers, fl processes)

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, REPORTS, RUNS, md_table, measure, run_torchrun, write_report
+from bench.common import GLUE, REPORTS, RUNS, md_table, measure, run_torchrun, sst2_shards, write_report
 
 
 def flower_run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -73,21 +73,9 @@ def main(argv: list[str] | None = None) -> Path:
     if args.quick:
         args.rounds, args.per_client, max_eval = 1, 8, 16
 
-    from fl.config import Config
-    from fl.data import load_task
     from fl.models import resolve_model
-    from fl.partition import partition, public_split
 
-    n_train = int(args.clients * args.per_client / 0.8)  # fl keeps its 20% public slice out of the clients
-    cfg = Config(task="sst2", data_dir=args.data_dir, max_train_samples=n_train, max_eval_samples=max_eval)
-    task = load_task(cfg)
-    _, private = public_split(len(task.train), cfg.teacher_data_pct)
-    labels = [task.train.labels[i] for i in private]
-    shards = [
-        [(task.train.texts[private.start + i], task.train.labels[private.start + i]) for i in shard]
-        for shard in partition(labels, args.clients, "contiguous", 42)
-    ]
-    test = list(zip(task.test.texts, task.test.labels, strict=True))
+    n_train, shards, test = sst2_shards(args.data_dir, args.clients, args.per_client, max_eval)
     cores = len(os.sched_getaffinity(0))
     spec = {
         "model_path": resolve_model(args.model),
