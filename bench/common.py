@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fl.config import load_config
+from fl.recipe import load_config
 from fl.report import atomic_write_json, cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]

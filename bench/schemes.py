@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> Path:
         common += ["max_length=32", "kd_public_examples=16", "teacher_pretrain_epochs=1"]
     common += args.overrides
 
-    from fl.config import load_config
-    from fl.teacher import pretrain_teacher, teacher_run_dir
+    from fl.pretrain import pretrain_teacher, teacher_run_dir
+    from fl.recipe import load_config
 
     teacher_cfg = load_config(
         Path(__file__).resolve().parents[1] / "recipes" / "fedkdlora.yaml", [*common, "run_name=teacher"]

@@ -21,7 +21,8 @@ from fl.config import Config, ConfigError
 # Keys a resumed run may change: how long it runs and where / how it writes, not what it computes.
 RESUMABLE_KEYS = {
     "rounds", "output_dir", "run_name", "resume", "checkpoint_every", "keep_checkpoints", "save_model",
-    "collective_timeout_s", "fault_inject", "device", "num_threads", "eval_batch_size",
+    "collective_timeout_s", "fault_inject", "device", "num_threads", "eval_batch_size", "server_device",
+    "client_allreduce",
 }  # fmt: skip
 STATE = "state.safetensors"
 META = "meta.json"

@@ -11,7 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fl.config import ConfigError, describe_keys, load_config
+from fl.config import ConfigError
+from fl.recipe import describe_keys, load_config
 
 RUN_EPILOG = """\
 examples:
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.recipe, args.overrides)
         if args.command == "pretrain-teacher":
-            from fl.teacher import pretrain_teacher  # heavy imports only once the config is good
+            from fl.pretrain import pretrain_teacher  # heavy imports only once the config is good
 
             pretrain_teacher(cfg)
         else:

@@ -1,42 +1,40 @@
 """The only module that touches `torch.distributed`.
 
-It owns process-group start-up (NCCL when every local rank has a GPU, gloo otherwise), thread
-budgets, the flat-buffer broadcast and sum-reduce that move trainable state, byte counters, and
-world / rank helpers that also answer sensibly when no process group exists (the simulation path).
+It starts the process group in the layout `fl.layout.plan_layout` picks, moves `Message`s (named
+parts of named tensors, plus named scalars), and returns with every collective the bytes it
+moved. Everything a collective delivers is on this rank's device before anyone uses it. Without
+a process group (the simulation path) every call answers as a world of one.
 
-Wire format: the tensors of a `dict[str, Tensor]` in sorted-name order, flattened and concatenated
-into one fp32 vector, followed by any float scalars; one collective per direction per round.
+Wire format: one flat fp32 buffer per collective: the tensors in sorted (part, name) order, then
+the scalars in sorted name order. Sender and receiver agree on the names, never on positions.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from fl.config import ConfigError
-
-WIRE_DTYPE = torch.float32
+from fl.layout import Layout, describe, plan_layout
+from fl.message import WIRE_BYTES, WIRE_DTYPE, Message, pack, unpack
 
 
 @dataclass
 class Runtime:
-    """Where this process stands: rank, world, device and backend (None without a process group)."""
+    """Where this process stands: rank, world, device, layout; `client_group` is set in relay layouts."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    backend: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    layout: Layout = field(default_factory=lambda: Layout("cpu", "gloo", None, "cpu"))
+    distributed: bool = False
     num_threads: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        return self.backend is not None
+    client_group: object = None
+    layout_lines: list[str] = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -47,21 +45,10 @@ class Runtime:
         """Ranks that train clients: 1..N under torchrun, the single process in simulation."""
         return max(1, self.world_size - 1)
 
-
-@dataclass
-class ByteCounter:
-    """Bytes that crossed the wire in each direction, as seen by rank 0."""
-
-    up: int = 0
-    down: int = 0
-
-    def take(self) -> tuple[int, int]:
-        out = (self.up, self.down)
-        self.up = self.down = 0
-        return out
-
-
-bytes_moved = ByteCounter()
+    @property
+    def backend(self) -> str | None:
+        """The backend of rank 0's group ('gloo' or 'nccl'), None without a process group."""
+        return self.layout.world_backend if self.distributed else None
 
 
 def launched_by_torchrun() -> bool:
@@ -75,36 +62,46 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def init(device: str = "auto", num_threads: int | None = None, timeout_s: float = 1800.0) -> Runtime:
-    """Start the process group when launched by torchrun; pick the device, backend and threads."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but CUDA is not available; use device=auto or device=cpu")
-    use_cuda = device != "cpu" and torch.cuda.is_available()
+def init(
+    device: str = "auto",
+    num_threads: int | None = None,
+    timeout_s: float = 1800.0,
+    server_device: str = "auto",
+    client_allreduce: str = "auto",
+) -> Runtime:
+    """Start the process group when launched by torchrun, in the layout plan_layout chooses."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    settings = {"device": device, "server_device": server_device, "client_allreduce": client_allreduce}
     if not launched_by_torchrun():
-        dev = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        lay = plan_layout(0, 1, 0, 1, gpus, **settings)
         threads = num_threads or _cores()
         torch.set_num_threads(threads)
-        return Runtime(device=dev, num_threads=threads)
-
+        return Runtime(
+            device=_device(lay), layout=lay, num_threads=threads, layout_lines=describe(1, 1, gpus, **settings)
+        )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    if use_cuda:
-        # NCCL needs a GPU of its own per rank; with fewer GPUs, ranks share them over gloo.
-        backend = "nccl" if torch.cuda.device_count() >= local_world else "gloo"
-        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+    lay = plan_layout(rank, world, local_rank, local_world, gpus, **settings)
+    dev = _device(lay)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    else:
-        backend, dev = "gloo", torch.device("cpu")
     # Client ranks train at the same time and share the cores; rank 0 works while they wait.
     busy = max(1, local_world - 1) if world > 1 else 1
     threads = num_threads or (max(1, _cores() // busy) if rank > 0 else _cores())
     torch.set_num_threads(threads)
-    kwargs = {"device_id": dev} if backend == "nccl" else {}
-    dist.init_process_group(
-        backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s), **kwargs
-    )
-    return Runtime(rank, world, local_rank, dev, backend, threads)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    kwargs = {"device_id": dev} if lay.world_backend == "nccl" else {}
+    dist.init_process_group(lay.world_backend, rank=rank, world_size=world, timeout=timeout, **kwargs)
+    group = None
+    if lay.client_backend is not None:  # every rank takes part in creating a group, members or not
+        group = dist.new_group(list(range(1, world)), backend=lay.client_backend, timeout=timeout)
+    lines = describe(world, local_world, gpus, **settings)
+    return Runtime(rank, world, local_rank, dev, lay, True, threads, group, lines)
+
+
+def _device(lay: Layout) -> torch.device:
+    return torch.device(lay.device)
 
 
 def shutdown(clean: bool = True) -> None:
@@ -117,73 +114,93 @@ def shutdown(clean: bool = True) -> None:
 
 
 def barrier(rt: Runtime) -> None:
+    """Every rank waits for every other (rank 0 uses it to tell waiting from moving bytes)."""
     if rt.distributed:
         dist.barrier()
 
 
-# ---- packing ---------------------------------------------------------------------------------
-def pack(state: dict[str, torch.Tensor], scalars: Sequence[float] = ()) -> torch.Tensor:
-    """Flatten tensors (sorted by name) and scalars into one 1-D fp32 buffer."""
-    parts = [state[k].detach().reshape(-1).to(WIRE_DTYPE) for k in sorted(state)]
-    if scalars:
-        parts.append(torch.tensor(list(scalars), dtype=WIRE_DTYPE, device=parts[0].device if parts else None))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=WIRE_DTYPE)
-
-
-def unpack(
-    buf: torch.Tensor, like: dict[str, torch.Tensor], num_scalars: int = 0
-) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Inverse of `pack`: tensors shaped like `like` (fp32 views of `buf`) and the trailing scalars."""
-    out, offset = {}, 0
-    for k in sorted(like):
-        n = like[k].numel()
-        out[k] = buf[offset : offset + n].view(like[k].shape)
-        offset += n
-    if offset + num_scalars != buf.numel():
-        raise ValueError(f"buffer of {buf.numel()} values does not match the state ({offset} + {num_scalars})")
-    return out, buf[offset:].tolist()
-
-
-def packed_nbytes(like: dict[str, torch.Tensor], num_scalars: int = 0) -> int:
-    """Bytes of one packed buffer for this state (what one rank sends in one collective)."""
-    numel = sum(t.numel() for t in like.values()) + num_scalars
-    return numel * torch.tensor([], dtype=WIRE_DTYPE).element_size()
-
-
 # ---- collectives -----------------------------------------------------------------------------
-def _wire(rt: Runtime, buf: torch.Tensor) -> torch.Tensor:
-    """NCCL wants tensors on this rank's GPU; gloo is happiest with CPU tensors."""
-    return buf.to(rt.device) if rt.backend == "nccl" else buf.cpu()
+def _wire_device(rt: Runtime, backend: str) -> torch.device:
+    """NCCL moves tensors on this rank's GPU; gloo moves CPU tensors."""
+    return rt.device if backend == "nccl" else torch.device("cpu")
 
 
-def broadcast_state(
-    rt: Runtime, state: dict[str, torch.Tensor], scalars: Sequence[float] = (), src: int = 0
-) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Send rank `src`'s state (+ scalars) to every rank; others pass a state of the same shapes."""
-    if not rt.distributed:
-        return state, list(scalars)
-    buf = _wire(rt, pack(state, scalars))
-    dist.broadcast(buf, src=src)
-    if rt.rank == src:
-        bytes_moved.down += buf.numel() * buf.element_size() * (rt.world_size - 1)
-    return unpack(buf, state, len(scalars))
+def broadcast(rt: Runtime, msg: Message) -> tuple[Message, int]:
+    """Rank 0's message to every rank (others pass one of the same names and shapes).
 
-
-def reduce_sum(
-    rt: Runtime, state: dict[str, torch.Tensor], scalars: Sequence[float] = (), dst: int = 0
-) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Element-wise sum of every rank's state (+ scalars), delivered to `dst`.
-
-    Rank `dst` passes zeros of the right shapes when it holds no client. Other ranks get back
-    their own input, unchanged in meaning.
+    Returns (the message on this rank's device, bytes moved). In relay layouts rank 0 sends one
+    buffer to rank 1, which broadcasts it among the client ranks.
     """
     if not rt.distributed:
-        return state, list(scalars)
-    buf = _wire(rt, pack(state, scalars))
-    dist.reduce(buf, dst=dst, op=dist.ReduceOp.SUM)
-    if rt.rank == dst:
-        bytes_moved.up += buf.numel() * buf.element_size() * (rt.world_size - 1)
-    return unpack(buf, state, len(scalars))
+        return msg, 0
+    backend = rt.layout.world_backend
+    buf = pack(msg, _wire_device(rt, backend))
+    if rt.client_group is None:
+        dist.broadcast(buf, src=0)
+        moved = buf.numel() * WIRE_BYTES * (rt.world_size - 1)
+    else:
+        if rt.rank == 0:
+            dist.send(buf, dst=1)
+        elif rt.rank == 1:
+            dist.recv(buf, src=0)
+        if rt.rank > 0:
+            buf = buf.to(_wire_device(rt, rt.layout.client_backend or "gloo"))
+            dist.broadcast(buf, src=1, group=rt.client_group)
+        moved = buf.numel() * WIRE_BYTES * (1 + rt.world_size - 2)
+    return unpack(buf, msg, rt.device), moved
+
+
+def reduce_sum(rt: Runtime, msg: Message) -> tuple[Message, int]:
+    """Element-wise sum of every rank's message, delivered to rank 0 on its device.
+
+    Rank 0 contributes zeros when it holds no client. Other ranks get back their input's shapes
+    (contents unspecified). In relay layouts the client ranks reduce to rank 1 over their own group
+    (NCCL on GPUs), and rank 1 sends the one summed buffer to rank 0.
+    """
+    if not rt.distributed:
+        return msg, 0
+    if rt.client_group is None:
+        buf = pack(msg, _wire_device(rt, rt.layout.world_backend))
+        dist.reduce(buf, dst=0, op=dist.ReduceOp.SUM)
+        return unpack(buf, msg, rt.device), buf.numel() * WIRE_BYTES * (rt.world_size - 1)
+    if rt.rank > 0:
+        buf = pack(msg, _wire_device(rt, rt.layout.client_backend or "gloo"))
+        dist.reduce(buf, dst=1, op=dist.ReduceOp.SUM, group=rt.client_group)
+        buf = buf.cpu()
+        if rt.rank == 1:
+            dist.send(buf, dst=0)
+    else:
+        buf = pack(msg, "cpu")
+        dist.recv(buf, src=1)
+    return unpack(buf, msg, rt.device), buf.numel() * WIRE_BYTES * (rt.world_size - 1)
+
+
+def gather_messages(
+    rt: Runtime, mine: dict[int, Message], like: Message, owners: dict[int, int]
+) -> tuple[dict[int, Message], int]:
+    """Individual messages keyed by id (e.g. client id) to rank 0; `owners`: id -> the rank that
+    holds it, known to every rank. Each rank sends its messages as rows of one padded buffer.
+    Returns (every id's message on rank 0, {} elsewhere; bytes moved)."""
+    if not rt.distributed:
+        return mine, 0
+    width = like.nbytes // WIRE_BYTES
+    counts = [sum(1 for o in owners.values() if o == r) for r in range(rt.world_size)]
+    rows = max(max(counts), 1)
+    dev = _wire_device(rt, rt.layout.world_backend)
+    buf = torch.zeros(rows, width, dtype=WIRE_DTYPE, device=dev)
+    for j, key in enumerate(sorted(mine)):
+        buf[j] = pack(mine[key], dev)
+    out = [torch.zeros_like(buf) for _ in range(rt.world_size)] if rt.rank == 0 else None
+    dist.gather(buf, out, dst=0)
+    moved = buf.numel() * WIRE_BYTES * (rt.world_size - 1)
+    if rt.rank != 0:
+        return {}, moved
+    got: dict[int, Message] = {}
+    for r in range(rt.world_size):
+        keys = sorted(k for k, o in owners.items() if o == r)
+        for j, key in enumerate(keys):
+            got[key] = unpack(out[r][j], like, rt.device)  # type: ignore[index]
+    return got, moved
 
 
 def is_comm_failure(err: BaseException) -> bool:
@@ -192,12 +209,12 @@ def is_comm_failure(err: BaseException) -> bool:
         return True
     text = str(err).lower()
     return isinstance(err, RuntimeError) and any(
-        s in text for s in ("connection closed", "connection reset", "timed out", "broken pipe", "gloo")
+        s in text for s in ("connection closed", "connection reset", "timed out", "broken pipe", "gloo", "nccl")
     )
 
 
 def broadcast_object(rt: Runtime, obj: object, src: int = 0) -> object:
-    """Small Python objects (round plans, stop signals); not counted as payload bytes."""
+    """Small Python objects (a set-up error, the first round); not payload."""
     if not rt.distributed:
         return obj
     box = [obj]
@@ -215,9 +232,10 @@ def gather_object(rt: Runtime, obj: object, dst: int = 0) -> list[object] | None
 
 
 def all_ok(rt: Runtime, ok: bool) -> bool:
-    """True when every rank reports ok (used to stop all ranks together on a setup error)."""
+    """True when every rank reports ok (used to stop all ranks together on a set-up error)."""
     if not rt.distributed:
         return ok
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int32, device=rt.device if rt.backend == "nccl" else "cpu")
+    dev = _wire_device(rt, rt.layout.world_backend)
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int32, device=dev)
     dist.all_reduce(flag, op=dist.ReduceOp.SUM)
     return int(flag.item()) == 0

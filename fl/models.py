@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -118,8 +119,39 @@ def load_classifier(path: str, num_labels: int, seed: int, eager_attention: bool
     return model
 
 
-def lora_targets(model: nn.Module, override: str | None) -> list[str]:
-    """Module names to adapt: the config's list, or the architecture's default."""
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA settings, read from the config once."""
+
+    r: int
+    alpha: float
+    dropout: float
+    targets: str | None  # comma-separated names, "all-linear", or None for the architecture's default
+    seed: int
+    freeze_a: bool = False  # FFA-LoRA: A stays at its seeded initialisation and does not travel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which classifier to build, read from the config once."""
+
+    source: str  # `model`, or teacher_ckpt when the student is cut from the teacher
+    keep_layers: int | None  # student_layers
+    eager_attention: bool  # attention maps for KD
+    seed: int
+    lora: LoraSpec | None
+
+    @classmethod
+    def from_config(cls, cfg: Config, lora: bool, freeze_a: bool = False) -> ModelSpec:
+        spec = LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, cfg.seed, freeze_a)
+        source = (cfg.teacher_ckpt or "") if cfg.student_layers else cfg.model
+        return cls(source, cfg.student_layers, cfg.kd_attention_weight > 0, cfg.seed, spec if lora else None)
+
+
+def lora_targets(model: nn.Module, override: str | None) -> list[str] | str:
+    """Module names to adapt: the config's list, peft's "all-linear", or the architecture's default."""
+    if override == "all-linear":
+        return "all-linear"
     if override:
         return [m.strip() for m in override.split(",") if m.strip()]
     model_type = getattr(model.config, "model_type", "?")
@@ -128,24 +160,29 @@ def lora_targets(model: nn.Module, override: str | None) -> list[str]:
     return LORA_TARGETS[model_type]
 
 
-def wrap_lora(model: nn.Module, cfg: Config) -> nn.Module:
-    """peft LoRA on the attention projections; the classifier head stays trainable (SEQ_CLS)."""
+def wrap_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
+    """peft LoRA on the target modules; the classifier head stays trainable (SEQ_CLS)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets = lora_targets(model, cfg.lora_target_modules)
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in names]
-    if missing:
-        raise ConfigError(f"lora_target_modules {missing} name no module of this model; check the names")
-    torch.manual_seed(cfg.seed)  # LoRA A init, identical on every rank
+    targets = lora_targets(model, spec.targets)
+    if isinstance(targets, list):
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in targets if t not in names]
+        if missing:
+            raise ConfigError(f"lora_target_modules {missing} name no module of this model; check the names")
+    torch.manual_seed(spec.seed)  # LoRA A init, identical on every rank
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
+        task_type=TaskType.SEQ_CLS, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets
     )
-    return get_peft_model(model, lora)
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as err:  # e.g. a module type peft cannot adapt
+        raise ConfigError(f"lora_target_modules={spec.targets!r}: {str(err).splitlines()[0]}") from None
+    if spec.freeze_a:
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.requires_grad_(False)
+    return model
 
 
 def is_peft(model: nn.Module) -> bool:
@@ -153,49 +190,61 @@ def is_peft(model: nn.Module) -> bool:
 
 
 def get_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors that train and travel, keyed by name (views, not copies)."""
-    if is_peft(model):
-        from peft import get_peft_model_state_dict
+    """The tensors that train and travel, keyed by name (views of the parameters, not copies).
 
-        return get_peft_model_state_dict(model)
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+    For a peft model: peft's adapter state dict (LoRA A/B and the head), less any frozen tensor.
+    """
+    if not is_peft(model):
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+    from peft import get_peft_model_state_dict
+
+    training = {p.data_ptr() for p in model.parameters() if p.requires_grad}
+    return {k: v for k, v in get_peft_model_state_dict(model).items() if v.data_ptr() in training}
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The trainable parameters keyed like `get_trainable_state` (peft renames adapter keys)."""
+    if not is_peft(model):
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+    by_ptr = {p.data_ptr(): p for p in model.parameters() if p.requires_grad}
+    return {k: by_ptr[v.data_ptr()] for k, v in get_trainable_state(model).items()}
 
 
 def set_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a trainable state in place; any missing or unexpected key is an error."""
-    expected = get_trainable_state(model)
-    if set(state) != set(expected):
-        extra, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+    """Load a trainable state in place (copied onto the parameters' device); any missing or
+    unexpected key is an error."""
+    params = trainable_parameters(model)
+    if set(state) != set(params):
+        extra, missing = sorted(set(state) - set(params)), sorted(set(params) - set(state))
         raise ValueError(f"trainable state keys differ: unexpected {extra[:3]}, missing {missing[:3]}")
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, state)
+        result = set_peft_model_state_dict(model, state)  # a partial state (FFA's B only) loads too
         if result.unexpected_keys:
             raise ValueError(f"adapter has unexpected keys {result.unexpected_keys[:3]}")
         return
     with torch.no_grad():
-        for name, param in expected.items():
+        for name, param in params.items():
             param.copy_(state[name])
 
 
-def load_base(cfg: Config, num_labels: int) -> tuple[nn.Module, str]:
-    """(classifier without LoRA, source path): `model`, or teacher_ckpt cut to `student_layers`."""
-    eager = cfg.kd_attention_weight > 0
-    if cfg.student_layers:
-        path = resolve_model(cfg.teacher_ckpt or "")
-        return keep_layers(load_classifier(path, num_labels, cfg.seed, eager), cfg.student_layers), path
-    path = resolve_model(cfg.model)
-    return load_classifier(path, num_labels, cfg.seed, eager), path
+def load_base(spec: ModelSpec, num_labels: int) -> tuple[nn.Module, str]:
+    """(classifier without LoRA, source path), cut to `keep_layers` when set."""
+    path = resolve_model(spec.source)
+    model = load_classifier(path, num_labels, spec.seed, spec.eager_attention)
+    if spec.keep_layers:
+        model = keep_layers(model, spec.keep_layers)
+    return model, path
 
 
-def build_model(cfg: Config, num_labels: int, lora: bool):
+def build_model(spec: ModelSpec, num_labels: int):
     """(model, tokenizer, resolved path) ready for the scheme; nothing is written to disk."""
     quiet_transformers()
-    model, path = load_base(cfg, num_labels)
+    model, path = load_base(spec, num_labels)
     tokenizer = load_tokenizer(path)
-    if lora:
-        model = wrap_lora(model, cfg)
+    if spec.lora is not None:
+        model = wrap_lora(model, spec.lora)
     return model, tokenizer, path
 
 
@@ -242,6 +291,15 @@ def keep_layers(model: nn.Module, k: int) -> nn.Module:
     setattr(parent, attr, nn.ModuleList([layers[i] for i in evenly_spaced(n, k)]))
     model.config.num_hidden_layers = k
     return model
+
+
+def check_max_length(model: nn.Module, max_length: int) -> None:
+    """max_length must fit the model's position embeddings (512 for BERT)."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        raise ConfigError(
+            f"max_length={max_length} exceeds this model's {positions} positions; set max_length={positions} or less"
+        )
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

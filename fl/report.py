@@ -6,7 +6,9 @@ never leaves a half-written file and every finished round is on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -36,13 +38,31 @@ ROUND_COLUMNS = (
 )
 
 
+def strict_json(obj: Any, where: str = "", found: list[str] | None = None) -> tuple[Any, list[str]]:
+    """A copy with every NaN / Infinity replaced by null, and the paths where that happened
+    (strict JSON parsers reject NaN and Infinity)."""
+    found = [] if found is None else found
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append(where or ".")
+        return None, found
+    if isinstance(obj, dict):
+        return {k: strict_json(v, f"{where}.{k}" if where else str(k), found)[0] for k, v in obj.items()}, found
+    if isinstance(obj, list | tuple):
+        return [strict_json(v, f"{where}[{i}]", found)[0] for i, v in enumerate(obj)], found
+    return obj, found
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a partial one."""
+    """Write strict JSON so that readers see the old file or the new one, never a partial one.
+    Non-finite numbers are written as null and listed under "non_finite_values"."""
+    obj, found = strict_json(obj)
+    if found and isinstance(obj, dict):
+        obj["non_finite_values"] = found
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
+            json.dump(obj, fh, indent=2, allow_nan=False)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -85,7 +105,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(backend: str | None, world_size: int, device: torch.device, threads: int) -> dict[str, Any]:
+def environment(
+    backend: str | None, world_size: int, device: torch.device, threads: int, layout: Any = None
+) -> dict[str, Any]:
     """Versions and hardware, so every figure says where it was measured."""
     import peft
     import transformers
@@ -103,6 +125,7 @@ def environment(backend: str | None, world_size: int, device: torch.device, thre
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "threads_rank0": threads,
+        "layout": dataclasses.asdict(layout) if layout is not None else None,
     }
 
 
@@ -209,13 +232,18 @@ class Reporter:
         if self.enabled and self.path is not None:
             atomic_write_json(self.path, self.doc)
 
-    def finish(self, elapsed_s: float, status: str = "completed") -> None:
-        if not self.enabled:
+    def finish(self, elapsed_s: float, status: str = "completed", reason: str | None = None) -> None:
+        """Close the results document: completed, or interrupted / failed with the reason."""
+        if not self.enabled or not self.doc:
             return
         self.stop()
         self.doc["elapsed_s"] = elapsed_s
         self.doc["status"] = status
+        if reason is not None:
+            self.doc["status_reason"] = reason
         self.save()
+        if status != "completed":
+            return
         table = Table(title=f"{self.doc['config'].get('scheme')} on {self.doc['config'].get('task')}")
         for col in ROUND_COLUMNS:
             table.add_column(col, justify="right")

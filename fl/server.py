@@ -1,14 +1,15 @@
-"""One federated experiment, written out: set-up, the round loop on rank 0, the client loop on
-ranks 1..N, and the final export. Without torchrun (world size 1) rank 0 trains every client
-itself, one after another: the simulation path, with the same seeds and the same arithmetic.
+"""One federated experiment as a recipe that reads top to bottom.
 
-Round r, as data flows (ranks 1..N already hold the global state of round r-1):
-  [KD on clients] rank 0 --broadcast(teacher logits on the round's public rows)--> ranks 1..N
-  each client rank: for each of its clients: load global, train locally, acc += n_i * theta_i
-  ranks 1..N --reduce(sum n_i*theta_i, sum n_i, sum loss)--> rank 0: aggregate [, server KD]
-  rank 0 --broadcast(new global state)--> ranks 1..N
-  every client rank scores its share of the test rows; --reduce(logits)--> rank 0: metrics, record
-The evaluation is split over the client ranks so that no rank waits while one scores the test set.
+    set up -> start (send the global state down, score round 0)
+    for each round: plan -> train the sampled clients -> collect their updates on rank 0
+                    -> aggregate -> send the new global state down -> evaluate -> checkpoint
+    -> finish (export, results)
+
+Under torchrun rank 0 aggregates and ranks 1..N train; without a launcher (world size 1) the one
+process plays every part: the simulation path, with the same seeds and the same arithmetic.
+Every collective is a call into `fl.comm`, which delivers on this rank's device and says how many
+bytes it moved. Before each collective that follows work on the client ranks, rank 0 waits in a
+barrier, so the record tells waiting (training, scoring) from communication.
 """
 
 from __future__ import annotations
@@ -16,163 +17,336 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from fl import comm, models
-from fl.checkpoint import find_resume_point, load_checkpoint, save_checkpoint, split_prefix, with_prefix
-from fl.client import KDTargets, client_seed, metrics_from_logits, predict, train_local, train_steps
+from fl.checkpoint import find_resume_point, save_checkpoint
+from fl.client import KDTargets, LocalSchedule, client_seed, metrics_from_logits, predict, train_local, train_steps
 from fl.config import Config, ConfigError, parse_fault
-from fl.data import Encoded, TaskData, encode, load_task
-from fl.partition import partition, public_split
+from fl.data import encode
+from fl.message import Message
 from fl.report import Reporter, check_output_dir, environment, peak_memory, save_pretrained_atomic
-from fl.strategies import Strategy, accumulate, get_strategy
-from fl.strategies.aggregate import State
-
-KD_TARGETS = "__kd_teacher_logits__"  # travels down with the global state: [P, K]
-KD_LOGITS = "__kd_student_logits__"  # travels up with the adapter sum: sum_i n_i * logits_i, [P, K]
-
-
-@dataclass
-class Setup:
-    """Everything a rank needs before round 1; built identically (same seeds) on every rank."""
-
-    cfg: Config
-    rt: comm.Runtime
-    strategy: Strategy
-    task: TaskData
-    shards: list[list[int]]  # client id -> indices into task.train
-    public_size: int
-    model: torch.nn.Module
-    tokenizer: Any
-    model_path: str
-    my_clients: list[int]  # clients this rank trains
-
-
-def clients_of_rank(rank: int, world_size: int, num_clients: int) -> list[int]:
-    """Round-robin: client c lives on client rank 1 + c % (world - 1); rank 0 in simulation."""
-    if world_size == 1:
-        return list(range(num_clients))
-    if rank == 0:
-        return []
-    return [c for c in range(num_clients) if 1 + c % (world_size - 1) == rank]
-
-
-def eval_rows(rank: int, world_size: int, num_rows: int) -> list[int]:
-    """Test rows this rank scores: every (world-1)-th row from rank-1 on client ranks, all in simulation."""
-    if world_size == 1:
-        return list(range(num_rows))
-    if rank == 0:
-        return []
-    return list(range(rank - 1, num_rows, world_size - 1))
-
-
-def prepare(cfg: Config, rt: comm.Runtime) -> Setup:
-    """Load data, split it, build the model. Raises ConfigError before anything is written."""
-    if rt.world_size - 1 > cfg.num_clients:
-        raise ConfigError(
-            f"torchrun started {rt.world_size - 1} client ranks for num_clients={cfg.num_clients}; "
-            f"launch with --nproc_per_node={cfg.num_clients + 1} or fewer, or raise num_clients"
-        )
-    strategy = get_strategy(cfg)
-    task = load_task(cfg)
-    public, private = public_split(len(task.train), cfg.teacher_data_pct)
-    private_labels = [task.train.labels[i] for i in private]
-    try:
-        local = partition(private_labels, cfg.num_clients, cfg.partition, cfg.seed, cfg.dirichlet_alpha)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    shards = [[private.start + i for i in shard] for shard in local]
-    model, tokenizer, path = strategy.build_model(task.num_labels)
-    model.to(rt.device)
-    mine = clients_of_rank(rt.rank, rt.world_size, cfg.num_clients)
-    return Setup(cfg, rt, strategy, task, shards, len(public), model, tokenizer, path, mine)
-
-
-def snapshot(state: State) -> State:
-    """A detached copy (trainable-state dicts hold views of live parameters)."""
-    return {k: v.detach().clone() for k, v in state.items()}
-
-
-def train_my_clients(
-    s: Setup,
-    round_idx: int,
-    global_state: State,
-    encoded: dict[int, Encoded],
-    reporter: Reporter,
-    kd: KDTargets | None = None,
-) -> tuple[State, list[float]]:
-    """Train this rank's clients from the global state.
-
-    Returns (sum_i n_i * theta_i, [sum n_i, sum loss, sum examples seen, rejected_0..rejected_{C-1}]);
-    with `kd`, the state also holds KD_LOGITS: sum_i n_i * (client i's logits on the public rows).
-    An update with NaN/Inf or too far from the global state is left out and flagged as rejected.
-    """
-    cfg, plan = s.cfg, s.strategy.configure_round(round_idx)
-    acc: State | None = None
-    totals = [0.0, 0.0, 0.0] + [0.0] * cfg.num_clients
-    for c in s.my_clients:
-        models.set_trainable_state(s.model, global_state)
-        res = train_local(
-            s.model,
-            encoded[c],
-            lr=plan["lr"],
-            epochs=plan["local_epochs"],
-            batch_size=cfg.batch_size,
-            seed=client_seed(cfg.seed, round_idx, c),
-            device=s.rt.device,
-            weight_decay=cfg.weight_decay,
-            kd=kd,
-            on_step=reporter.step,
-        )
-        sent = dict(models.get_trainable_state(s.model))
-        if fault_hits(cfg, "client", c, round_idx):  # test-only: this client sends garbage
-            sent = {k: torch.full_like(v, float("nan")) for k, v in sent.items()}
-        if update_problem(sent, global_state, cfg.max_update_norm) is not None:
-            totals[3 + c] = 1.0
-            continue
-        if kd is not None:
-            sent[KD_LOGITS] = predict(s.model, kd.data, cfg.eval_batch_size, s.rt.device)
-        acc = accumulate(acc, sent, float(res.num_examples))
-        totals[:3] = [totals[0] + res.num_examples, totals[1] + res.loss_sum, totals[2] + res.examples_seen]
-    if acc is None:  # rank 0 under torchrun holds no client: contribute zeros to the sum
-        acc = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in global_state.items()}
-        if kd is not None:
-            acc[KD_LOGITS] = torch.zeros_like(kd.logits, dtype=torch.float32)
-    return acc, totals
-
-
-def update_problem(update: State, global_state: State, max_norm: float | None) -> str | None:
-    """Why an update must be left out (non-finite, or farther than max_norm from the global), or None."""
-    sq = 0.0
-    for k, v in update.items():
-        if not torch.isfinite(v).all():
-            return f"non-finite values in {k}"
-        sq += float(((v.detach().float() - global_state[k].float()) ** 2).sum())
-    if max_norm is not None and sq**0.5 > max_norm:
-        return f"update norm {sq**0.5:.3g} > max_update_norm={max_norm}"
-    return None
-
-
-def fault_hits(cfg: Config, kind: str, who: int, round_idx: int) -> bool:
-    """Test-only fault switch (`fault_inject`): does it fire for this client/rank and round?"""
-    if not cfg.fault_inject:
-        return False
-    _, target, index, when = parse_fault(cfg.fault_inject)
-    return target == kind and index == who and when in (None, round_idx)
-
-
-def save_final_model(s: Setup, run_dir: Path) -> Path:
-    """adapter/ (peft, loads with PeftModel.from_pretrained) or model/ (save_pretrained), tokenizer included."""
-    name = "adapter" if models.is_peft(s.model) else "model"
-    return save_pretrained_atomic(s.model, s.tokenizer, run_dir / name)
+from fl.setup import Setup, eval_rows, owners, prepare, restore, snapshot
+from fl.strategies import ClientUpdate, RoundPlan, round_stats, update_problem
 
 
 class RunStopped(RuntimeError):
     """The job stopped part-way (a rank died, a signal, a collective timed out); finished rounds are kept."""
+
+
+def fault_hits(spec: str | None, kind: str, who: int, round_idx: int) -> bool:
+    """Test-only fault switch (`fault_inject`): does it fire for this client/rank and round?"""
+    if not spec:
+        return False
+    _, target, index, when = parse_fault(spec)
+    return target == kind and index == who and when in (None, round_idx)
+
+
+class Federation:
+    """The round loop of one run; every rank builds one, rank 0 records."""
+
+    def __init__(self, cfg: Config, s: Setup, first_round: int, records: list[dict]):
+        self.cfg, self.s, self.rt, self.strategy = cfg, s, s.rt, s.strategy
+        self.first_round = first_round
+        self.reporter = Reporter(cfg.run_dir / "results.json", enabled=s.rt.is_main)
+        self.encoded = {c: encode(s.tokenizer, s.task.train.subset(s.shards[c]), cfg.max_length) for c in s.my_clients}
+        self.my_test_rows = eval_rows(s.rt.rank, s.rt.world_size, len(s.task.test))
+        self.my_test = encode(s.tokenizer, s.task.test.subset(self.my_test_rows), cfg.max_length)
+        kd_public = s.strategy.kd_on_clients and s.my_clients  # public data: client ranks tokenize it
+        self.public = (
+            encode(s.tokenizer, s.task.train.subset(range(s.public_size)), cfg.max_length) if kd_public else None
+        )
+        self.global_state = snapshot(models.get_trainable_state(s.model))
+        self.teacher_logits: torch.Tensor | None = None
+        self.owners = owners(cfg.num_clients, s.rt.world_size)
+        self.progress: dict[str, Any] = {"round": first_round, "checkpoint": s.resumed_from}
+        self.records = records
+
+    # ---- the run ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any] | None:
+        self.begin_report()
+        self.start()
+        for r in range(self.first_round, self.cfg.rounds + 1):
+            self.progress["round"] = r
+            self.play_round(r)
+        return self.finish()
+
+    def play_round(self, r: int) -> None:
+        """One round, as the module docstring draws it."""
+        if fault_hits(self.cfg.fault_inject, "rank", self.rt.rank, r):  # test-only: this process dies mid-run
+            os._exit(17)
+        t0 = time.perf_counter()
+        plan = self.strategy.plan_round(r, self.s.public_size)
+        upload, train_s = self.train_clients(plan)
+        wait_s = self.wait_for_clients()
+        sums, individual, up = self.collect(plan, upload)
+        timing = self.aggregate(plan, sums, individual)
+        down = self.send_down(r + 1)
+        record = {
+            "round": r,
+            **round_stats(sums, plan),
+            **self.byte_counts(plan, up["bytes"], down["bytes"]),
+            **timing,
+            "time_comm_s": up["s"] + down["s"],
+            "lr": plan.lr,
+        }
+        record["time_server_kd_s"] = record.get("time_server_kd_s", 0.0) + down["teacher_s"]
+        self.evaluate(record, train_s, wait_s, t0)
+        self.checkpoint(r)
+
+    # ---- steps ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Send the global state (and SCAFFOLD's client controls on resume) down; score round 0."""
+        down = self.send_down(self.first_round)
+        if self.strategy.scaffold and self.s.resumed_from:
+            self.scatter_client_controls()
+        if self.first_round == 1:
+            initial = {"round": 0, "train_loss": None, "bytes_up": 0, "bytes_down": 0, "wire_bytes_up": 0}
+            self.evaluate({**initial, "wire_bytes_down": down["bytes"], "time_comm_s": down["s"]}, 0.0, 0.0, None)
+        self.reporter.start(self.cfg.rounds - self.first_round + 1)
+
+    def train_clients(self, plan: RoundPlan) -> tuple[Message | dict[int, Message], float]:
+        """Train this rank's sampled clients; their messages summed (or kept apart when rank 0 gathers)."""
+        t0 = time.perf_counter()
+        template = self.strategy.upload_template(self.global_state, plan, self.s.task.num_labels)
+        mine = [c for c in plan.clients if c in self.encoded]
+        steps = sum(train_steps(len(self.encoded[c]), self.cfg.batch_size, self.cfg.local_epochs) for c in mine)
+        self.reporter.round_started(plan.round, steps)
+        total: Message | dict[int, Message] = {} if self.strategy.gathers else template.zeros()
+        for c in mine:
+            msg = self.strategy.client_message(template, self.train_one(c, plan))
+            if isinstance(total, dict):
+                total[c] = msg
+            else:
+                total.add_(msg)
+        if isinstance(total, Message) and not mine:
+            total = template.zeros()
+        return total, time.perf_counter() - t0
+
+    def train_one(self, c: int, plan: RoundPlan) -> ClientUpdate:
+        """Client c's local training from the global state; its update and what goes with it."""
+        model, cfg = self.s.model, self.cfg
+        models.set_trainable_state(model, self.global_state)
+        kd = None
+        if self.teacher_logits is not None and self.public is not None:
+            kd = KDTargets(self.public.subset(plan.public_rows), self.teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
+        res = train_local(
+            model,
+            self.encoded[c],
+            self.schedule(plan.lr),
+            seed=client_seed(cfg.seed, plan.round, c),
+            device=self.rt.device,
+            kd=kd,
+            terms=self.strategy.local_terms(c, self.global_state),
+            params=models.trainable_parameters(model),
+            on_step=self.reporter.step,
+        )
+        end = snapshot(models.get_trainable_state(model))
+        delta = {k: end[k].float() - self.global_state[k].float() for k in end}
+        if fault_hits(cfg.fault_inject, "client", c, plan.round):  # test-only: this client sends garbage
+            delta = {k: torch.full_like(v, float("nan")) for k, v in delta.items()}
+        reject, norm = update_problem(delta, cfg.max_update_norm)
+        u = ClientUpdate(c, res.num_examples, delta, res.loss_sum, res.examples_seen, reject, norm)
+        if not reject:
+            if kd is not None:
+                u.logits = predict(model, kd.data, cfg.eval_batch_size, self.rt.device)
+            u.control_change = self.strategy.finish_client(c, self.global_state, end, res.lr_sum)
+        return u
+
+    def schedule(self, lr: float) -> LocalSchedule:
+        cfg = self.cfg
+        return LocalSchedule(
+            lr, cfg.local_epochs, cfg.batch_size, cfg.weight_decay, cfg.lr_scheduler,
+            cfg.warmup_steps, cfg.warmup_ratio, cfg.head_lr, cfg.precision,
+        )  # fmt: skip
+
+    def wait_for_clients(self) -> float:
+        """Rank 0 waits here while the client ranks train (0 in simulation)."""
+        t0 = time.perf_counter()
+        comm.barrier(self.rt)
+        return time.perf_counter() - t0 if self.rt.distributed else 0.0
+
+    def collect(
+        self, plan: RoundPlan, upload: Message | dict[int, Message]
+    ) -> tuple[Message, dict[int, Message] | None, dict[str, float]]:
+        """The clients' updates on rank 0: summed by one reduce, or gathered one by one (median,
+        trimmed mean), in which case rank 0 forms the same sums itself."""
+        t0 = time.perf_counter()
+        template = self.strategy.upload_template(self.global_state, plan, self.s.task.num_labels)
+        if isinstance(upload, Message):
+            sums, moved = comm.reduce_sum(self.rt, upload)
+            individual = None
+        else:
+            sampled = {c: self.owners[c] for c in plan.clients}
+            individual, moved = comm.gather_messages(self.rt, upload, template, sampled)
+            sums = template.zeros()
+            for msg in individual.values():
+                sums.add_(msg)
+        return sums, individual, {"bytes": moved, "s": time.perf_counter() - t0}
+
+    def aggregate(self, plan: RoundPlan, sums: Message, individual: dict[int, Message] | None) -> dict[str, Any]:
+        """Rank 0: the strategy's server part, then the teacher's (FedKDLoRA)."""
+        if not self.rt.is_main:
+            return {}
+        t0 = time.perf_counter()
+        if sums.scalars["accepted"] > 0:
+            self.global_state = self.strategy.next_global(self.global_state, sums, individual)
+        else:
+            self.reporter.log(f"round {plan.round}: every client update was rejected; the global model stays as it was")
+        models.set_trainable_state(self.s.model, self.global_state)
+        t1 = time.perf_counter()
+        kd: dict[str, float] = {}
+        if self.s.teacher is not None and sums.scalars["accepted"] > 0:
+            ensemble = None
+            if "logits" in sums.parts:
+                ensemble = sums.parts["logits"]["student"] / sums.scalars["weight"]
+            kd = self.s.teacher.after_aggregation(self.s.model, plan.round, list(plan.public_rows), ensemble)
+            self.global_state = snapshot(models.get_trainable_state(self.s.model))  # the student after KD
+        return {**kd, "time_aggregate_s": t1 - t0, "time_server_kd_s": time.perf_counter() - t1}
+
+    def send_down(self, next_round: int) -> dict[str, float]:
+        """Rank 0 sends the global state (+ SCAFFOLD's c, + the teacher's logits for the next
+        round's public rows); every rank loads it, to score now and to train from next."""
+        t_kd = 0.0
+        logits = None
+        if self.strategy.kd_on_clients and next_round <= self.cfg.rounds:
+            rows = list(self.strategy.plan_round(next_round, self.s.public_size).public_rows)
+            t0 = time.perf_counter()
+            num_labels = self.s.task.num_labels
+            logits = self.s.teacher.logits(rows) if self.s.teacher else torch.zeros(len(rows), num_labels)
+            t_kd = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        msg, moved = comm.broadcast(self.rt, self.strategy.downlink(self.global_state, logits))
+        self.global_state, self.teacher_logits = self.strategy.read_downlink(msg)
+        models.set_trainable_state(self.s.model, self.global_state)
+        return {"bytes": moved, "s": time.perf_counter() - t0, "teacher_s": t_kd}
+
+    def evaluate(self, record: dict[str, Any], train_s: float, wait_s: float, t0: float | None) -> None:
+        """Every rank scores its test rows; one reduce brings the logits [T, K] and each client
+        rank's timings to rank 0, which computes the metrics and writes the round's record."""
+        t_eval = time.perf_counter()
+        num_labels = self.s.task.num_labels
+        logits = torch.zeros(len(self.s.task.test), num_labels, device=self.rt.device)
+        if self.my_test_rows:
+            logits[self.my_test_rows] = predict(self.s.model, self.my_test, self.cfg.eval_batch_size, self.rt.device)
+        score_s = time.perf_counter() - t_eval
+        teacher = self.s.teacher.evaluate() if self.s.teacher is not None else {}
+        timings = {f"rank{k}.{n}": 0.0 for k in range(self.rt.world_size) for n in ("train_s", "score_s")}
+        timings[f"rank{self.rt.rank}.train_s"], timings[f"rank{self.rt.rank}.score_s"] = train_s, score_s
+        comm.barrier(self.rt)
+        t_reduce = time.perf_counter()
+        got, moved = comm.reduce_sum(self.rt, Message({"logits": {"test": logits}}, timings))
+        if not self.rt.is_main:
+            return
+        metrics = metrics_from_logits(got.parts["logits"]["test"], self.s.task.test.labels, num_labels)
+        ranks = range(1, self.rt.world_size) if self.rt.distributed else range(1)
+        busy = [got.scalars[f"rank{k}.train_s"] for k in ranks]
+        record.update({f"test_{k}": v for k, v in metrics.items()})
+        record.update(teacher)
+        record.update(
+            time_train_s=max(busy) if t0 is not None else 0.0,
+            time_idle_s=max(busy) - sum(busy) / len(busy) if t0 is not None else 0.0,
+            time_eval_s=t_reduce - t_eval,
+            time_comm_s=record.get("time_comm_s", 0.0) + time.perf_counter() - t_reduce,
+            time_wait_s=wait_s,
+            bytes_eval=moved,
+        )
+        record["time_s"] = time.perf_counter() - t0 if t0 is not None else 0.0
+        self.reporter.record(record)
+
+    def checkpoint(self, r: int) -> None:
+        """Every piece of state that the next round needs, when one is due (rank 0 writes)."""
+        cfg = self.cfg
+        if not cfg.checkpoint_every or not (r % cfg.checkpoint_every == 0 or r == cfg.rounds):
+            return
+        controls = self.gather_client_controls() if self.strategy.scaffold else {}
+        if not self.rt.is_main:
+            return
+        tensors = {f"global.{k}": v for k, v in self.global_state.items()}
+        server, server_extra = self.strategy.state()
+        tensors.update({f"server.{k}": v for k, v in server.items()})
+        for c, state in controls.items():
+            tensors.update({f"client.{c}.{k}": v for k, v in state.items()})
+        extra: dict[str, Any] = {"strategy": server_extra}
+        if self.s.teacher is not None:
+            teacher, extra["teacher"] = self.s.teacher.state()
+            tensors.update({f"kd.{k}": v for k, v in teacher.items()})
+        meta = {"config": cfg.to_dict(), "records": self.reporter.doc["rounds"], "server": extra}
+        self.progress["checkpoint"] = str(save_checkpoint(cfg.run_dir, r, tensors, meta, cfg.keep_checkpoints))
+
+    def gather_client_controls(self) -> dict[int, dict[str, torch.Tensor]]:
+        """SCAFFOLD: every client's control variate, from its rank to rank 0 (for the checkpoint)."""
+        like = Message({"control": {k: torch.zeros_like(v) for k, v in self.global_state.items()}})
+        mine = {c: Message({"control": self.strategy.client_controls.get(c) or like.zeros().parts["control"]})
+                for c in self.encoded}  # fmt: skip
+        got, _ = comm.gather_messages(self.rt, mine, like, self.owners)
+        return {c: m.parts["control"] for c, m in got.items()}
+
+    def scatter_client_controls(self) -> None:
+        """SCAFFOLD on resume: rank 0 sends every client's restored control; each rank keeps its own."""
+        zeros = {k: torch.zeros_like(v) for k, v in self.global_state.items()}
+        parts = {f"client{c}": self.strategy.client_controls.get(c, zeros) for c in range(self.cfg.num_clients)}
+        msg, _ = comm.broadcast(self.rt, Message(parts))
+        self.strategy.client_controls = {c: msg.parts[f"client{c}"] for c in self.encoded}
+
+    def finish(self) -> dict[str, Any] | None:
+        """Per-rank memory, the final model (rank 0), the completed results document."""
+        self.reporter.stop()
+        memory = comm.gather_object(self.rt, peak_memory(self.rt.device))
+        if not self.rt.is_main:
+            return None
+        self.reporter.doc["peak_memory_per_rank"] = memory
+        if self.cfg.save_model:
+            if self.s.teacher is not None:
+                cut = models.ModelSpec.from_config(self.cfg, lora=False) if self.cfg.student_layers else None
+                self.s.teacher.save(self.cfg.run_dir, self.s.model, self.s.tokenizer, cut)
+            name = "adapter" if models.is_peft(self.s.model) else "model"
+            path = save_pretrained_atomic(self.s.model, self.s.tokenizer, self.cfg.run_dir / name)
+            self.reporter.log(f"final global model saved to {path}")
+        return self.reporter.doc
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+    def byte_counts(self, plan: RoundPlan, wire_up: int, wire_down: int) -> dict[str, int]:
+        """What the collectives moved, and what a deployment would move: one message per sampled
+        client each way (its update up; the global state, SCAFFOLD's c and the teacher's logits down)."""
+        state = sum(v.numel() for v in self.global_state.values()) * 4
+        logits = len(plan.public_rows) * self.s.task.num_labels * 4 if self.strategy.kd_on_clients else 0
+        per_client = state * (2 if self.strategy.scaffold else 1) + logits
+        n = len(plan.clients)
+        return {"bytes_up": per_client * n, "bytes_down": per_client * n, "bytes_logits": 2 * logits * n,
+                "wire_bytes_up": wire_up, "wire_bytes_down": wire_down}  # fmt: skip
+
+    def begin_report(self) -> None:
+        s, cfg, rt = self.s, self.cfg, self.rt
+        trainable, total = models.count_parameters(s.model)
+        payload = Message({"global": self.global_state}).nbytes
+        self.reporter.partition_table(s.shards, s.task.train.labels, s.public_size)
+        for line in rt.layout_lines if rt.is_main else []:
+            self.reporter.log(f"layout: {line}")
+        self.reporter.log(
+            f"{cfg.scheme} on {cfg.task}: {len(s.task.train)} train ({s.public_size} public), {len(s.task.test)} test; "
+            f"model {s.model_path} ({trainable:,} of {total:,} parameters train, {payload:,} bytes travel); "
+            f"{rt.world_size} process(es), device {rt.device}"
+        )
+        if s.resumed_from:
+            self.reporter.log(f"resuming at round {self.first_round} from {s.resumed_from}")
+        self.reporter.begin(
+            cfg.to_dict(),
+            environment(rt.backend, rt.world_size, rt.device, rt.num_threads, rt.layout),
+            {
+                "model_path": s.model_path,
+                "trainable_parameters": trainable,
+                "total_parameters": total,
+                "payload_bytes": payload,
+                "public_examples": s.public_size,
+                "client_examples": [len(x) for x in s.shards],
+                "test_examples": len(s.task.test),
+                "resumed_from": s.resumed_from,
+            },
+        )
+        self.reporter.doc["rounds"] = self.records
 
 
 def _stop_on_signal(signum: int, frame: Any) -> None:
@@ -182,215 +356,64 @@ def _stop_on_signal(signum: int, frame: Any) -> None:
 def run(cfg: Config) -> dict[str, Any] | None:
     """Run one experiment; returns the results document on rank 0 (None on other ranks)."""
     start = time.perf_counter()
-    rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s)
-    progress = {"round": 0, "checkpoint": None}
-    previous = signal.signal(signal.SIGTERM, _stop_on_signal)  # torchrun ends a failed job with SIGTERM
+    rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s, cfg.server_device, cfg.client_allreduce)
+    previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    fed: Federation | None = None
     try:
-        doc = _run(cfg, rt, start, progress)
+        s, first_round, records = set_up(cfg, rt)
+        fed = Federation(cfg, s, first_round, records)
+        doc = fed.run()
+        fed.reporter.finish(time.perf_counter() - start)
     except BaseException as err:
         comm.shutdown(clean=False)  # peers may be gone: no barrier
-        if isinstance(err, RunStopped) or comm.is_comm_failure(err):
-            r = progress["round"]
-            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RunStopped(
-                f"stopped during round {r} ({cause}); results.json holds rounds 0..{max(r - 1, 0)}, newest "
-                f"checkpoint: {progress['checkpoint'] or 'none'}; run the same command with resume=true to continue "
-                "(torchrun's summary names the rank that failed; --max-restarts=N with resume=true resumes by itself)"
-            ) from None
+        if fed is not None and (isinstance(err, RunStopped | KeyboardInterrupt) or comm.is_comm_failure(err)):
+            raise stopped(cfg, fed, err, start) from None
+        if fed is not None:
+            fed.reporter.finish(time.perf_counter() - start, status="failed", reason=first_line(err))
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     comm.shutdown()
     return doc
 
 
-def resume_state(cfg: Config, s: Setup, path: Path | None) -> tuple[int, list[dict[str, Any]], str | None]:
-    """Rank 0: restore checkpoint `path` into the model and strategy.
-
-    Returns (first round to run, records so far, checkpoint path); (1, [], None) for a fresh start.
-    """
-    if path is None:
-        return 1, [], None
-    tensors, meta = load_checkpoint(path, cfg)
-    try:
-        models.set_trainable_state(s.model, split_prefix(tensors, "global"))
-        s.strategy.load_server_state(split_prefix(tensors, "server"), meta.get("server", {}))
-    except ValueError as err:
-        raise ConfigError(f"checkpoint {str(path)!r} does not fit this model ({err}); resume with its model") from None
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["round"]) + 1, list(meta["records"]), str(path)
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
-def _run(cfg: Config, rt: comm.Runtime, start: float, progress: dict[str, Any]) -> dict[str, Any] | None:
+def stopped(cfg: Config, fed: Federation, err: BaseException, start: float) -> RunStopped:
+    """Mark results.json interrupted and say, in one line, what was kept and how to go on."""
+    r = fed.progress["round"]
+    cause = first_line(err) if not isinstance(err, KeyboardInterrupt) else "interrupted (Ctrl-C)"
+    fed.reporter.finish(time.perf_counter() - start, status="interrupted", reason=cause)
+    launcher = "the same torchrun command" if comm.launched_by_torchrun() else "the same command"
+    hint = " (torchrun's summary names the rank that failed)" if comm.launched_by_torchrun() else ""
+    return RunStopped(
+        f"stopped during round {r} ({cause}); results.json holds rounds 0..{max(r - 1, 0)}, newest "
+        f"checkpoint: {fed.progress['checkpoint'] or 'none'}; run {launcher} with resume=true to continue{hint}"
+    )
+
+
+def set_up(cfg: Config, rt: comm.Runtime) -> tuple[Setup, int, list[dict]]:
+    """Build every rank's part; rank 0 restores a checkpoint and checks the run folder. Every rank
+    learns whether all succeeded: a set-up error stops the whole job with rank 0's one line."""
     error: ConfigError | None = None
-    first_round, records, resumed_from = 1, [], None
+    first_round, records = 1, []
+    s = None
     try:
         s = prepare(cfg, rt)
         if rt.is_main:  # every check that reads comes before the first write (the run folder)
-            s.strategy.setup_server(s.task, s.public_size, s.tokenizer, rt.device)
-            first_round, records, resumed_from = resume_state(cfg, s, find_resume_point(cfg))
+            first_round, records = restore(cfg, s, find_resume_point(cfg))
             check_output_dir(cfg.run_dir)
     except ConfigError as err:
         error = err
     if not comm.all_ok(rt, error is None):  # every rank stops together, none waits forever
-        # one message for the job: rank 0's when it has one, else each failing rank's own
         main_error = comm.broadcast_object(rt, str(error) if rt.is_main and error else None)
         if rt.is_main or main_error is None:
             raise error or ConfigError("another rank failed during set-up; see its message")
-        raise ConfigError(main_error, quiet=True)
-    first_round = comm.broadcast_object(rt, first_round)
-
-    reporter = Reporter(cfg.run_dir / "results.json", enabled=rt.is_main)
-    strategy, train, num_labels = s.strategy, s.task.train, s.task.num_labels
-    encoded = {c: encode(s.tokenizer, train.subset(s.shards[c]), cfg.max_length) for c in s.my_clients}
-    my_test_rows = eval_rows(rt.rank, rt.world_size, len(s.task.test))
-    my_test = encode(s.tokenizer, s.task.test.subset(my_test_rows), cfg.max_length)
-    # KD on clients: every rank tokenizes the public slice for the student (it is public data)
-    public = encode(s.tokenizer, train.subset(range(s.public_size)), cfg.max_length) if strategy.kd_on_clients else None
-    trainable, total = models.count_parameters(s.model)
-    global_state = snapshot(models.get_trainable_state(s.model))
-    payload = comm.packed_nbytes(global_state)
-    reporter.partition_table(s.shards, train.labels, s.public_size)
-    reporter.log(
-        f"{cfg.scheme} on {cfg.task}: {len(train)} train ({s.public_size} public), {len(s.task.test)} test; "
-        f"model {s.model_path} ({trainable:,} of {total:,} parameters train, {payload:,} bytes travel); "
-        f"{rt.world_size} process(es), backend {rt.backend or 'none (simulation)'}, device {rt.device}"
-    )
-    if resumed_from:
-        reporter.log(f"resuming at round {first_round} from {resumed_from}")
-    reporter.begin(
-        cfg.to_dict(),
-        environment(rt.backend, rt.world_size, rt.device, rt.num_threads),
-        {
-            "model_path": s.model_path,
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-            "payload_bytes": payload,
-            "public_examples": s.public_size,
-            "client_examples": [len(x) for x in s.shards],
-            "test_examples": len(s.task.test),
-            "resumed_from": resumed_from,
-        },
-    )
-    reporter.doc["rounds"] = records
-
-    def evaluate_global(round_idx: int, extra: dict[str, Any]) -> None:
-        """Every rank scores its test rows with the global model; rank 0 sums the logits [T, K] and records."""
-        t0 = time.perf_counter()
-        logits = torch.zeros(len(s.task.test), num_labels)
-        if my_test_rows:
-            logits[my_test_rows] = predict(s.model, my_test, cfg.eval_batch_size, rt.device)
-        teacher = strategy.evaluate_extra() if rt.is_main else {}  # the teacher lives on rank 0
-        comm.bytes_moved.take()
-        logits = comm.reduce_sum(rt, {"logits": logits})[0]["logits"]
-        if not rt.is_main:
-            return
-        m = metrics_from_logits(logits, s.task.test.labels, num_labels)
-        rec = {"round": round_idx, **{f"test_{k}": v for k, v in m.items()}, **extra, **teacher}
-        rec["bytes_eval"] = comm.bytes_moved.take()[0]
-        rec["time_eval_s"] = time.perf_counter() - t0
-        if "time_s" in rec:
-            rec["time_s"] += rec["time_eval_s"]
-        reporter.record(rec)
-
-    def checkpoint(round_idx: int) -> None:
-        due = cfg.checkpoint_every and (round_idx % cfg.checkpoint_every == 0 or round_idx == cfg.rounds)
-        if not due:
-            return
-        server_tensors, server_extra = strategy.server_state()
-        tensors = {**with_prefix(global_state, "global"), **with_prefix(server_tensors, "server")}
-        tensors["rng.torch"] = torch.get_rng_state()
-        meta = {"config": cfg.to_dict(), "records": reporter.doc["rounds"], "server": server_extra}
-        progress["checkpoint"] = str(save_checkpoint(cfg.run_dir, round_idx, tensors, meta, cfg.keep_checkpoints))
-
-    comm.bytes_moved.take()
-    global_state, _ = comm.broadcast_state(rt, global_state)  # every rank starts from rank 0's model
-    models.set_trainable_state(s.model, global_state)
-    if first_round == 1:
-        initial = {"train_loss": None, "time_s": 0.0, "bytes_up": 0, "bytes_logits": 0}
-        evaluate_global(0, {**initial, "bytes_down": comm.bytes_moved.down})
-    reporter.start(cfg.rounds - first_round + 1)
-    for r in range(first_round, cfg.rounds + 1):
-        progress["round"] = r
-        if fault_hits(cfg, "rank", rt.rank, r):  # test-only: this process dies mid-run
-            os._exit(17)
-        t0 = time.perf_counter()
-        comm.bytes_moved.take()
-        steps = sum(train_steps(len(encoded[c]), cfg.batch_size, cfg.local_epochs) for c in s.my_clients)
-        reporter.round_started(r, steps)
-        # rank 0 -> clients: teacher logits on the round's public rows (KD on clients only); the other
-        # ranks pass a same-shaped tensor to receive into
-        rows = strategy.public_rows(r, s.public_size)  # [] for schemes without distillation
-        kd_down = bool(rows) and strategy.kd_on_clients
-        kd = None
-        if kd_down:
-            down = {KD_TARGETS: strategy.teacher_logits(rows) if rt.is_main else torch.zeros(len(rows), num_labels)}
-            targets = comm.broadcast_state(rt, down)[0][KD_TARGETS]
-            kd = KDTargets(public.subset(rows), targets, cfg.kd_alpha, cfg.kd_temperature)
-        t_train = time.perf_counter()
-        acc, totals = train_my_clients(s, r, global_state, encoded, reporter, kd)
-        t_reduce = time.perf_counter()
-        # clients -> rank 0: sum n_i * theta_i [+ sum n_i * logits_i], sum n_i, losses, rejections, and
-        # each rank's training seconds in its own slot
-        slots = [0.0] * rt.world_size
-        slots[rt.rank] = t_reduce - t_train
-        weighted_sum, sums = comm.reduce_sum(rt, acc, [*totals, *slots])
-        t_agg = time.perf_counter()
-        n, loss_sum, seen = sums[:3]
-        rejected = [c for c, flag in enumerate(sums[3 : len(totals)]) if flag > 0.5]
-        busy = sums[len(totals) :][1:] if rt.distributed else slots  # client ranks' training seconds
-        server_metrics: dict[str, float] = {}
-        t_server = t_agg
-        if rt.is_main and n > 0:
-            ensemble = weighted_sum.pop(KD_LOGITS) / n if kd_down else None
-            global_state = strategy.aggregate(weighted_sum, n, global_state)
-            models.set_trainable_state(s.model, global_state)
-            t_server = time.perf_counter()
-            server_metrics = strategy.server_update(s.model, r, rows, ensemble)
-        elif rt.is_main:  # every update was rejected: keep the previous global model
-            reporter.log(f"round {r}: every client update was rejected; the global model stays as it was")
-            models.set_trainable_state(s.model, global_state)
-        t_done = time.perf_counter()
-        # rank 0 -> clients: the new global state, to score now and to train from next round
-        global_state, _ = comm.broadcast_state(rt, snapshot(models.get_trainable_state(s.model)))
-        models.set_trainable_state(s.model, global_state)
-        t_sent = time.perf_counter()
-        logits_bytes = len(rows) * num_labels * 4 if kd_down else 0
-        up, down_bytes = comm.bytes_moved.take()
-        senders = rt.client_ranks if rt.distributed else cfg.num_clients
-        if not rt.distributed:  # simulation: count what one client per rank would move
-            up = down_bytes = (payload + logits_bytes) * senders
-        evaluate_global(
-            r,
-            {
-                "train_loss": loss_sum / seen if seen else None,
-                "time_s": time.perf_counter() - t0,
-                # the slowest client rank's training (the round's critical path); the others idle meanwhile
-                "time_train_s": max(busy),
-                "time_idle_s": max(busy) - sum(busy) / len(busy),
-                "time_comm_s": (t_train - t0) + (t_agg - t_train - max(busy)) + (t_sent - t_done),
-                "time_aggregate_s": t_server - t_agg,
-                "time_server_kd_s": t_done - t_server,
-                "bytes_up": up,
-                "bytes_down": down_bytes,
-                "bytes_logits": 2 * logits_bytes * senders,
-                "num_examples": int(n),
-                "rejected_clients": rejected,
-                **server_metrics,
-            },
-        )
-        if rt.is_main:
-            checkpoint(r)
-    reporter.stop()
-    memory = comm.gather_object(rt, peak_memory(rt.device))  # per rank: what each process needed
-    if rt.is_main:
-        reporter.doc["peak_memory_per_rank"] = memory
-    if rt.is_main and cfg.save_model:
-        strategy.save_extras(cfg.run_dir, s.model, s.tokenizer)
-        path = save_final_model(s, cfg.run_dir)
-        reporter.log(f"final global model saved to {path}")
-    if rt.is_main:
-        reporter.finish(time.perf_counter() - start)
-        return reporter.doc
-    return None
+        raise ConfigError(str(main_error), quiet=True)
+    first_round = int(comm.broadcast_object(rt, first_round))  # type: ignore[arg-type]
+    s.resumed_from = comm.broadcast_object(rt, s.resumed_from)  # type: ignore[union-attr]
+    return s, first_round, records  # type: ignore[return-value]

@@ -11,8 +11,9 @@ import torch
 
 from fl import comm
 from fl.cli import main
-from fl.config import ConfigError, load_config
-from fl.server import prepare
+from fl.config import ConfigError
+from fl.recipe import load_config
+from fl.setup import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "recipes" / "fedlora.yaml")
@@ -51,8 +52,13 @@ CATALOGUE = [
     ("unknown-task", None, ["task=mnli"], "task='mnli' is not valid"),
     ("wrong-type-int", None, ["rounds=two"], "rounds='two' is not a valid int"),
     ("wrong-type-bool", None, ["save_model=maybe"], "save_model='maybe' is not a valid bool"),
-    ("negative-lr", None, ["lr=-1"], "lr=-1.0 must be positive"),
-    ("public-pct-100", None, ["teacher_data_pct=100"], "teacher_data_pct=100.0 must be in [0, 100)"),
+    ("negative-lr", None, ["lr=-1"], "lr=-1.0 is out of range; give a value in (0, 10]"),
+    (
+        "public-pct-100",
+        None,
+        ["teacher_data_pct=100"],
+        "teacher_data_pct=100.0 is out of range; give a value in [0, 100)",
+    ),
     ("malformed-yaml", "{bad_yaml}", [], "is not valid YAML at line"),
     ("recipe-not-mapping", "{list_yaml}", [], "must be a mapping of key: value lines"),
     ("recipe-missing", "{glue}/none.yaml", [], "not found; pass a YAML file"),
@@ -86,7 +92,7 @@ CATALOGUE = [
         "student_layers=5 must be between 1 and the teacher's 2 layers",
     ),
     ("teacher-label-count", None, ["scheme=fedkdlora", "teacher_ckpt={teacher3}"], "has 3 labels but the task has 2"),
-    ("kd-alpha-range", None, ["kd_alpha=1.5"], "kd_alpha=1.5 must be in [0, 1]"),
+    ("kd-alpha-range", None, ["kd_alpha=1.5"], "kd_alpha=1.5 is out of range; give a value in [0, 1]"),
     ("bad-fault-spec", None, ["fault_inject=boom"], "fault_inject='boom' is not valid"),
     ("resume-nothing-there", None, ["resume={glue}"], "holds no complete checkpoint"),
     ("bad-run-name", None, ["run_name=a/b"], "run_name='a/b' may hold only"),

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 

@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from fl.config import Config, ConfigError, build_config, describe_keys, load_config, parse_overrides
+from fl.config import Config, ConfigError
+from fl.recipe import build_config, describe_keys, load_config, parse_overrides
 
 
 def test_defaults_are_valid_and_name_the_run():
@@ -34,14 +35,20 @@ def test_yaml_list_becomes_comma_string():
         ({"task": "mnli"}, "choose one of: rotten_tomatoes, sst2, cola, csv"),
         ({"rounds": "two"}, "rounds='two' is not a valid int"),
         ({"rounds": 1.5}, "rounds=1.5 is not a valid int"),
-        ({"rounds": 0}, "rounds=0 must be at least 1"),
-        ({"lr": -1}, "lr=-1.0 must be positive"),
-        ({"teacher_data_pct": 100}, "teacher_data_pct=100.0 must be in [0, 100)"),
-        ({"teacher_data_pct": -1}, "must be in [0, 100)"),
+        ({"rounds": 0}, "rounds=0 is out of range; give a value in [1, 100000]"),
+        ({"lr": -1}, "lr=-1.0 is out of range; give a value in (0, 10]"),
+        ({"teacher_data_pct": 100}, "teacher_data_pct=100.0 is out of range; give a value in [0, 100)"),
+        ({"teacher_data_pct": -1}, "give a value in [0, 100)"),
+        ({"lr": "nan"}, "lr=nan is not a finite number"),
+        ({"dirichlet_alpha": "nan"}, "dirichlet_alpha=nan is not a finite number"),
+        ({"clients_per_round": 5}, "clients_per_round=5 exceeds num_clients=4"),
+        ({"server_betas": "0.9"}, "server_betas='0.9' must be two numbers"),
+        ({"server_betas": "0.9,1.0"}, "each beta must be in [0, 1)"),
+        ({"run_name": ".."}, "run_name='..' may hold only"),
         ({"task": "csv"}, "task=csv needs train_file"),
         ({"save_model": "maybe"}, "save_model='maybe' is not a valid bool"),
         ({"run_name": "a/b"}, "run_name='a/b' may hold only"),
-        ({"lora_dropout": 1.0}, "lora_dropout=1.0 must be in [0, 1)"),
+        ({"lora_dropout": 1.0}, "lora_dropout=1.0 is out of range; give a value in [0, 1)"),
     ],
 )
 def test_bad_values_name_the_key(values, needle):

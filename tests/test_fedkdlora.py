@@ -12,13 +12,15 @@ from safetensors.torch import load_file
 
 from fl import comm, models
 from fl.cli import main
-from fl.client import KDTargets, client_seed, predict, train_local
-from fl.config import load_config
+from fl.client import KDTargets, LocalSchedule, client_seed, predict, train_local
 from fl.data import encode
-from fl.server import prepare
-from fl.strategies import get_strategy
+from fl.recipe import load_config
+from fl.setup import prepare
+from fl.strategies.strategy import public_rows
 from fl.teacher import learn_from_targets
 from tests.test_server import run_torchrun
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "fedkdlora.yaml"
@@ -63,9 +65,13 @@ def test_torchrun_fedkdlora_records_teacher_and_student(kd_setup, placement, tin
     logits = 24 * 2 * 4  # 24 public rows x 2 labels x fp32
     for rec in doc["rounds"][1:]:
         if placement == "clients":
-            assert rec["bytes_logits"] == 2 * 2 * logits  # down and up, 2 client ranks
-            # + 3 scalars, 3 rejection flags, 3 per-rank training-time slots
-            assert rec["bytes_up"] == 2 * (doc["payload_bytes"] + logits + (3 + 3 + 3) * 4)
+            assert rec["bytes_logits"] == 3 * 2 * logits  # 3 clients, down and up
+            assert rec["bytes_up"] == rec["bytes_down"] == 3 * (doc["payload_bytes"] + logits)
+            # the collectives: one buffer per client rank up (adapter + logits + 2 + 5 x 3 scalars); the
+            # downlink carries the next round's teacher logits, except after the last round
+            assert rec["wire_bytes_up"] == 2 * (doc["payload_bytes"] + logits + (2 + 5 * 3) * 4)
+            last = rec["round"] == doc["config"]["rounds"]
+            assert rec["wire_bytes_down"] == 2 * (doc["payload_bytes"] + (0 if last else logits))
             assert "kd_teacher_loss" in rec
         else:
             assert rec["bytes_logits"] == 0 and "kd_student_loss" in rec
@@ -90,12 +96,11 @@ def test_teacher_learns_from_example_weighted_mean_of_client_logits(kd_setup):
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = load_config(RECIPE, over)
     torch.set_num_threads(1)
-    s = prepare(cfg, comm.Runtime())
-    strategy = get_strategy(cfg)
-    strategy.setup_server(s.task, s.public_size, s.tokenizer, torch.device("cpu"))
-    rows = strategy.public_rows(1, s.public_size)
-    targets = strategy.teacher_logits(rows)
-    public = strategy.public_s.subset(rows)
+    s = prepare(cfg, comm.Runtime())  # rank 0 of a one-process world: the teacher is loaded too
+    teacher = s.teacher
+    rows = public_rows(cfg.seed, 1, s.public_size, cfg.kd_public_examples)
+    targets = teacher.logits(rows)
+    public = teacher.public_s.subset(rows)
     glob = {k: v.detach().clone() for k, v in models.get_trainable_state(s.model).items()}
     sent = []
     for c in range(cfg.num_clients):
@@ -104,9 +109,7 @@ def test_teacher_learns_from_example_weighted_mean_of_client_logits(kd_setup):
         res = train_local(
             s.model,
             data,
-            lr=cfg.lr,
-            epochs=1,
-            batch_size=cfg.batch_size,
+            LocalSchedule(cfg.lr, 1, cfg.batch_size),
             seed=client_seed(cfg.seed, 1, c),
             device=torch.device("cpu"),
             kd=KDTargets(public, targets, cfg.kd_alpha, cfg.kd_temperature),
@@ -114,15 +117,15 @@ def test_teacher_learns_from_example_weighted_mean_of_client_logits(kd_setup):
         sent.append((res.num_examples, predict(s.model, public, cfg.eval_batch_size, torch.device("cpu"))))
     ensemble = sum(n * z for n, z in sent) / sum(n for n, _ in sent)
     learn_from_targets(
-        strategy.teacher,
-        strategy.public_t.subset(rows),
+        teacher.teacher,
+        teacher.public_t.subset(rows),
         ensemble,
-        cfg,
-        strategy.teacher_opt,
+        teacher.settings,
+        teacher.optimizer,
         cfg.seed * 31 + 1,
         torch.device("cpu"),
     )
     saved = load_file(out / "kd-replay" / "teacher" / "model.safetensors")
-    mine = strategy.teacher.state_dict()
+    mine = teacher.teacher.state_dict()
     for k, v in saved.items():
         torch.testing.assert_close(v, mine[k], atol=1e-5, rtol=0)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fl.config import load_config
+from fl.recipe import load_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 

@@ -1,31 +1,42 @@
-"""Federated schemes: pick one by name with `get_strategy`."""
+"""Federated algorithms as small parts: the strategy (client part, server part), pure aggregation
+rules, server optimizers, client-side terms, and FedKDLoRA's teacher. Build one with `build_strategy`."""
 
 from __future__ import annotations
 
 from fl.config import Config
-from fl.strategies.aggregate import Update, accumulate, finalize, weighted_average
-from fl.strategies.base import Strategy
-from fl.strategies.fedavg import FedAvg
-from fl.strategies.fedkdlora import FedKDLoRA
-from fl.strategies.fedlora import FedLoRA
+from fl.strategies.aggregate import State, Update, accumulate, finalize, weighted_average
+from fl.strategies.server_opt import ServerOptimizer
+from fl.strategies.strategy import ClientUpdate, RoundPlan, Strategy, round_stats, update_problem
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedlora": FedLoRA, "fedkdlora": FedKDLoRA}
+TRAINABLE = {"fedavg": "full", "fedlora": "lora", "fedkdlora": "lora"}  # the familiar scheme names
 
 
-def get_strategy(cfg: Config) -> Strategy:
-    if cfg.scheme not in STRATEGIES:
-        raise ValueError(f"scheme={cfg.scheme!r} is not valid; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[cfg.scheme](cfg)
+def build_strategy(cfg: Config) -> Strategy:
+    """The strategy a config describes (the one place where algorithm keys are read)."""
+    opt = ServerOptimizer(
+        cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta_pair(), cfg.server_tau
+    )
+    kd = cfg.scheme == "fedkdlora"
+    return Strategy(
+        trainable=TRAINABLE[cfg.scheme],
+        num_clients=cfg.num_clients,
+        seed=cfg.seed,
+        lr=cfg.lr,
+        round_lr_decay=cfg.round_lr_decay,
+        clients_per_round=cfg.clients_per_round,
+        aggregation=cfg.aggregation,
+        trim_ratio=cfg.trim_ratio,
+        server_opt=opt,
+        prox_mu=cfg.prox_mu,
+        scaffold=cfg.scaffold,
+        max_update_norm=cfg.max_update_norm,
+        kd=kd,
+        kd_on_clients=kd and cfg.kd_placement == "clients",
+        kd_public_examples=cfg.kd_public_examples,
+    )
 
 
 __all__ = [
-    "Strategy",
-    "FedAvg",
-    "FedLoRA",
-    "FedKDLoRA",
-    "Update",
-    "accumulate",
-    "finalize",
-    "weighted_average",
-    "get_strategy",
-]
+    "ClientUpdate", "RoundPlan", "ServerOptimizer", "State", "Strategy", "Update", "accumulate", "build_strategy",
+    "finalize", "round_stats", "update_problem", "weighted_average",
+]  # fmt: skip

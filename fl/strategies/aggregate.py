@@ -1,7 +1,7 @@
 """Pure aggregation over name-keyed tensors: no process group, no model, easy to test.
 
-An update carries its own weight (`num_examples`). Keys must match before anything is summed,
-and every sum is taken in fp32 whatever the tensors' dtype.
+An update carries its own weight (`num_examples`). Keys must match before anything is combined,
+and every result is fp32 whatever the tensors' dtype.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ State = dict[str, torch.Tensor]
 
 @dataclass
 class Update:
-    """What one client sends back: its trainable state and how many examples it trained on."""
+    """What one client sends back: its trainable state (or its change) and how many examples it trained on."""
 
     state: State
     num_examples: int
@@ -59,3 +59,36 @@ def weighted_average(updates: Sequence[Update]) -> State:
             raise ValueError(f"num_examples={u.num_examples} must be >= 0")
         acc = accumulate(acc, u.state, float(u.num_examples))
     return finalize(acc, float(sum(u.num_examples for u in updates)))  # type: ignore[arg-type]
+
+
+def _stack(states: Sequence[State]) -> dict[str, torch.Tensor]:
+    """name -> [n_clients, *shape] fp32, after checking every state has the same keys and shapes."""
+    if not states:
+        raise ValueError("no updates to aggregate")
+    for s in states[1:]:
+        check_same_keys(states[0], s)
+    return {k: torch.stack([s[k].detach().float() for s in states]) for k in states[0]}
+
+
+def coordinate_median(states: Sequence[State]) -> State:
+    """Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards
+    Optimal Statistical Rates"); with an even count, the mean of the two middle values."""
+    out = {}
+    for k, x in _stack(states).items():
+        srt = x.sort(dim=0).values
+        n = srt.shape[0]
+        out[k] = srt[n // 2] if n % 2 else (srt[n // 2 - 1] + srt[n // 2]) / 2
+    return out
+
+
+def trimmed_mean(states: Sequence[State], ratio: float) -> State:
+    """Coordinate-wise trimmed mean (Yin et al. 2018): per coordinate drop the floor(ratio * n)
+    largest and smallest values, average the rest (unweighted)."""
+    if not 0.0 <= ratio < 0.5:
+        raise ValueError(f"trim ratio {ratio} must be in [0, 0.5)")
+    out = {}
+    for k, x in _stack(states).items():
+        n = x.shape[0]
+        cut = int(ratio * n)
+        out[k] = x.sort(dim=0).values[cut : n - cut].mean(dim=0)
+    return out

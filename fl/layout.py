@@ -1,0 +1,89 @@
+"""Process layout: which device each rank uses and which backend carries which traffic.
+
+A pure function of (rank, world size, local world size, GPUs visible, device setting), so every
+layout is unit-tested on a CPU. Rank 0 (the aggregator) lives on node 0 as local rank 0; the
+other ranks are client ranks. torchrun starts the same number of processes on every node.
+
+- cpu: device=cpu, or no GPU. Every rank on the CPU; gloo carries everything.
+- own: G >= L, every rank owns a GPU (rank on GPU local_rank). NCCL carries everything.
+- clients-own: every client rank owns a GPU but rank 0 does not fit (e.g. 4 GPUs, 5 ranks), or
+  rank 0 computes on the CPU (server_device=cpu). Client rank k on GPU k - 1 (node 0) or k (other
+  nodes); rank 0 on GPU 0 (shared) or the CPU. The client ranks reduce and broadcast among
+  themselves over NCCL; rank 1 relays one buffer each way to rank 0 over gloo.
+- shared: fewer GPUs than the client ranks of a node. Rank on GPU local_rank % G; gloo carries
+  everything over CPU copies.
+
+NCCL forbids two ranks of one communicator on one GPU, which is why rank 0 stays out of the
+client ranks' NCCL group when it shares GPU 0 with client rank 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one rank computes and how its traffic travels."""
+
+    device: str  # "cpu" or "cuda:k"
+    world_backend: str  # backend of the group that joins rank 0 and the client ranks
+    client_backend: str | None  # a separate group of the client ranks (all-reduce), or None
+    case: str  # cpu | own | clients-own | shared
+
+    @property
+    def relay(self) -> bool:
+        """Client traffic is summed among the client ranks, then rank 1 relays it to rank 0."""
+        return self.client_backend is not None
+
+
+def plan_layout(
+    rank: int,
+    world_size: int,
+    local_rank: int,
+    local_world_size: int,
+    gpus: int,
+    device: str = "auto",
+    server_device: str = "auto",
+    client_allreduce: str = "auto",
+) -> Layout:
+    """The layout of one rank.
+
+    device: auto | cpu | cuda. server_device: auto | cpu (rank 0 computes on the CPU; it then
+    leaves NCCL to the client ranks). client_allreduce: auto (a client group where the client
+    ranks own GPUs and rank 0 cannot join their NCCL group) | true (always, gloo where there is no
+    GPU: the relay code path on a CPU, for tests and benchmarks) | false (never).
+    """
+    if device == "cuda" and gpus < 1:
+        raise ValueError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    force = client_allreduce == "true" and world_size > 2
+    if device == "cpu" or gpus < 1:
+        return Layout("cpu", "gloo", "gloo" if force else None, "cpu")
+    if world_size == 1:  # one process: the simulation path on the first GPU
+        return Layout("cpu" if server_device == "cpu" else "cuda:0", "gloo", None, "own")
+    nodes = max(1, world_size // max(local_world_size, 1))
+    node0 = rank < local_world_size  # torchrun numbers ranks node by node; rank 0 is on node 0
+    most_clients = local_world_size if nodes > 1 else local_world_size - 1  # client ranks on the fullest node
+    clients_own = gpus >= most_clients
+    server_owns = gpus >= local_world_size and server_device != "cpu"
+    server_dev = "cpu" if server_device == "cpu" else "cuda:0"
+    if clients_own and server_owns and client_allreduce != "true":
+        return Layout(f"cuda:{local_rank}", "nccl", None, "own")
+    if clients_own and client_allreduce != "false":
+        if rank == 0:
+            return Layout(server_dev, "gloo", "nccl", "clients-own")
+        gpu = local_rank - 1 if node0 else local_rank
+        return Layout(f"cuda:{gpu}", "gloo", "nccl", "clients-own")
+    dev = server_dev if rank == 0 else f"cuda:{local_rank % gpus}"
+    return Layout(dev, "gloo", "gloo" if force else None, "shared")
+
+
+def describe(world_size: int, local_world_size: int, gpus: int, **settings: str) -> list[str]:
+    """One line per rank of node 0 (what rank 0 prints once at start)."""
+    lines = []
+    for r in range(min(world_size, local_world_size)):
+        lay = plan_layout(r, world_size, r, local_world_size, gpus, **settings)
+        role = "aggregator" if r == 0 else "client rank"
+        among = f", client ranks over {lay.client_backend}" if lay.client_backend else ""
+        lines.append(f"rank {r} ({role}): {lay.device}, {lay.world_backend} to rank 0{among} [{lay.case}]")
+    return lines
