@@ -42,7 +42,7 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
 
 def run_inprocess(recipe: str, overrides: list[str]) -> dict[str, Any]:
     """One fl job in this process (simulation path); returns its results document."""
-    from fl.server import run
+    from fl.run import run
 
     t0 = time.perf_counter()
     doc = run(load_config(RECIPES / recipe, overrides))

@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
         "partition=contiguous",
         f"output_dir={runs}",
         "save_model=false",
+        "overwrite=true",  # bench/runs/ is the benchmark's own: a rerun replaces it
         "checkpoint_every=0",
     ] + ([f"max_eval_samples={max_eval}"] if max_eval else [])
     docs = {}
@@ -133,7 +134,10 @@ def main(argv: list[str] | None = None) -> Path:
         f"batch 16, max length 64, 1 local epoch, lr 2e-3, {args.rounds} rounds, seed 42, server-side scoring of "
         f"{len(test)} dev sentences before round 1 and after each round. Flower's clients run `bench.plain`'s "
         "training (the no-framework loop); fl runs its own. Each side runs alone, in its own process tree; "
-        "peak memory is the largest sum of PSS over every process of the tree (sampled every 0.25 s).\n\n"
+        "peak memory is the largest sum of PSS over every process of the tree (sampled every 0.25 s). "
+        "What differs: the Flower app scores on its server process in the dev set's own row order (batches "
+        "padded to their longest row as they come), while fl splits the scoring over its client ranks and "
+        "sorts rows by length; the 'of which scoring' column shows what that costs each side.\n\n"
         + md_table(
             [
                 "run",

@@ -66,7 +66,8 @@ def train_client(
     max_length: int = 64,
 ) -> float:
     """One local epoch with a fresh AdamW, tokenizing each batch as it comes; returns the mean loss."""
-    opt = torch.optim.AdamW(trainable(model).values(), lr=lr)
+    # weight_decay=0.0 as fl's default (torch's AdamW default is 0.01): both sides run the same optimizer
+    opt = torch.optim.AdamW(trainable(model).values(), lr=lr, weight_decay=0.0)
     model.train()
     order = torch.randperm(len(shard), generator=torch.Generator().manual_seed(seed)).tolist()
     total = 0.0

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> Path:
             f"output_dir={runs}",
             f"run_name=clients-{n}",
             "save_model=false",
+            "overwrite=true",  # bench/runs/ is the benchmark's own: a rerun replaces it
             "checkpoint_every=0",
             "seed=42",
         ]

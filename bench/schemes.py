@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> Path:
         f"max_train_samples={args.max_train_samples}",
         f"output_dir={runs}",
         "save_model=false",
+        "overwrite=true",  # bench/runs/ is the benchmark's own: a rerun replaces it
         "checkpoint_every=0",
         "teacher_data_pct=20",
     ]

@@ -22,7 +22,7 @@ from fl.config import Config, ConfigError
 RESUMABLE_KEYS = {
     "rounds", "output_dir", "run_name", "resume", "checkpoint_every", "keep_checkpoints", "save_model",
     "collective_timeout_s", "fault_inject", "device", "num_threads", "eval_batch_size", "server_device",
-    "client_allreduce",
+    "client_allreduce", "overwrite",
 }  # fmt: skip
 STATE = "state.safetensors"
 META = "meta.json"
@@ -41,9 +41,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, round_idx: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], keep: int
+    run_dir: Path,
+    round_idx: int,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    keep: int,
+    mine: list[Path] | None = None,
 ) -> Path:
-    """Write round `round_idx` atomically and keep only the newest `keep` checkpoints."""
+    """Write round `round_idx` atomically; of the checkpoints this run wrote (`mine`, updated in
+    place), keep the newest `keep`. Checkpoints this run did not write are never touched."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"round-{round_idx:04d}", root / f".round-{round_idx:04d}.tmp"
@@ -59,8 +65,11 @@ def save_checkpoint(
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     _fsync_dir(root)
-    for old in complete_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    mine = [] if mine is None else mine
+    if final not in mine:
+        mine.append(final)
+    while len(mine) > keep:
+        shutil.rmtree(mine.pop(0), ignore_errors=True)
     return final
 
 
@@ -95,7 +104,7 @@ def load_checkpoint(path: Path, cfg: Config) -> tuple[dict[str, torch.Tensor], d
     try:
         meta = json.loads((path / META).read_text())
         tensors = load_file(str(path / STATE))
-    except (OSError, ValueError) as err:
+    except Exception as err:  # OSError, JSON errors, safetensors' own error on a truncated file
         raise ConfigError(
             f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}); resume from another"
         ) from None

@@ -79,16 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             pretrain_teacher(cfg)
         else:
-            from fl.server import run
+            from fl.run import run
 
             run(cfg)
     except ConfigError as err:
-        if not err.quiet:
-            prefix = "error" if _is_main_process() else f"error (rank {os.environ.get('RANK')})"
-            print(f"{prefix}: {err}", file=sys.stderr)
+        # under torchrun every rank meets the same config error: rank 0 alone says it, every rank exits 2
+        if not err.quiet and _is_main_process():
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # a job stopped part-way: one clear line from rank 0, not a traceback
-        from fl.server import RunStopped
+        from fl.run import RunStopped
 
         if not isinstance(err, RunStopped):
             raise

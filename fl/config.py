@@ -43,13 +43,14 @@ def _f(
 
 SCHEMES = ("fedavg", "fedlora", "fedkdlora")
 KD_PLACEMENTS = ("server", "clients")
-TASKS = ("rotten_tomatoes", "sst2", "cola", "csv")
+TASKS = ("rotten_tomatoes", "sst2", "cola", "csv", "hf")
 PARTITIONS = ("contiguous", "iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
+LORA_MODES = ("fedit", "ffa", "fedex", "flex")
 BIG = 1_000_000_000  # upper bound of counts that only need to be "large"
 
 
@@ -59,17 +60,23 @@ class Config:
     scheme: str = _f("fedlora", "fedavg: full fine-tuning; fedlora: LoRA + head; fedkdlora: LoRA + a teacher", SCHEMES)
     task: str = _f(
         "rotten_tomatoes",
-        "dataset: the embedded Rotten Tomatoes sentences, GLUE SST-2 / CoLA, or your own files",
+        "dataset: the embedded Rotten Tomatoes sentences, GLUE SST-2 / CoLA, your own files (csv), or any hub "
+        "dataset (hf)",
         TASKS,
     )
     # data
     data_dir: str | None = _f(
         None, "GLUE folder holding SST-2/ and CoLA/ (train.tsv, dev.tsv); unset: load from the hub"
     )
-    train_file: str | None = _f(None, "task=csv: training file (.csv, .tsv or .jsonl)")
-    test_file: str | None = _f(None, "task=csv: test file (.csv, .tsv or .jsonl)")
-    text_column: str = _f("text", "task=csv: name of the text column")
-    label_column: str = _f("label", "task=csv: name of the label column")
+    train_file: str | None = _f(None, "task=csv: training file (.csv, .tsv, .json, .jsonl or .parquet)")
+    test_file: str | None = _f(None, "task=csv: test file (.csv, .tsv, .json, .jsonl or .parquet)")
+    dataset: str | None = _f(None, "task=hf: hub dataset name (e.g. nyu-mll/glue), loaded with datasets.load_dataset")
+    dataset_config: str | None = _f(None, "task=hf: the dataset's configuration (e.g. mrpc)")
+    train_split: str = _f("train", "task=hf: split to train on")
+    test_split: str = _f("test", "task=hf: split to score on (e.g. validation)")
+    text_column: str = _f("text", "task=csv|hf: name of the text column")
+    text_pair_column: str | None = _f(None, "task=csv|hf: second text of sentence-pair tasks (MRPC, RTE, QNLI)")
+    label_column: str = _f("label", "task=csv|hf: name of the label column (ints 0..K-1, or strings)")
     max_train_samples: int | None = _f(None, "keep only the first N training rows (before the split)", lo=1)
     max_eval_samples: int | None = _f(None, "keep only the first N test rows", lo=1)
     teacher_data_pct: float = _f(
@@ -91,6 +98,21 @@ class Config:
     lora_r: int = _f(8, "LoRA rank", lo=1, hi=4096)
     lora_alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / r)", lo=0, hi=1e6, open_lo=True)
     lora_dropout: float = _f(0.05, "dropout on the LoRA branch", lo=0, hi=1, open_hi=True)
+    lora_aggregation: str = _f(
+        "fedit",
+        "fedit: mean of A and of B; ffa: A frozen, only B travels (Sun et al. 2024); fedex: the residual "
+        "folded into the base weights (Singhal et al. 2025); flex: clients at their own ranks, SVD of the mean "
+        "update (Bai et al. 2024)",
+        LORA_MODES,
+    )
+    lora_ranks: str | None = _f(
+        None, "lora_aggregation=flex: rank per client, e.g. 8,8,4,2 (a shorter list repeats); each <= lora_r"
+    )
+    aggregation_error: bool = _f(
+        True,
+        "record ||mean(B_i A_i) - B A||_F / ||mean(B_i A_i)||_F per round; for fedit / ffa the products "
+        "travel only for this (d_out x d_in per adapted module and client rank)",
+    )
     lora_target_modules: str | None = _f(
         None, "comma-separated module names to adapt, or all-linear (peft's); unset: the architecture's default"
     )
@@ -172,6 +194,9 @@ class Config:
     resume: str = _f(
         "false", "true: continue from this run's newest checkpoint (fresh start if none); or a checkpoint path"
     )
+    overwrite: bool = _f(
+        False, "true: replace the results and checkpoints of an existing run folder (otherwise that is refused)"
+    )
     collective_timeout_s: float = _f(
         1800.0, "seconds a collective may wait for a silent rank before failing", lo=1, hi=30 * 86400
     )
@@ -223,11 +248,14 @@ class Config:
             raise ConfigError("scheme=fedkdlora needs a public slice: set teacher_data_pct > 0 (e.g. 20)")
         if self.task == "csv" and not (self.train_file and self.test_file):
             raise ConfigError("task=csv needs train_file=<path> and test_file=<path>")
+        if self.task == "hf" and not self.dataset:
+            raise ConfigError("task=hf needs dataset=<hub name> (and text_column, label_column, test_split)")
         if self.clients_per_round is not None and self.clients_per_round > self.num_clients:
             raise ConfigError(
                 f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}; "
                 "sample at most every client"
             )
+        self.check_lora_aggregation()
         for key in ("model", "teacher_model", "output_dir", "text_column", "label_column"):
             if not str(getattr(self, key)).strip():
                 raise ConfigError(f"{key} is empty; give a value (see `fl run --help`)")
@@ -237,6 +265,29 @@ class Config:
             raise ConfigError(
                 f"run_name={self.run_name!r} may hold only letters, digits, '.', '_' and '-', and not start with '.'"
             )
+
+    def check_lora_aggregation(self) -> None:
+        mode = self.lora_aggregation
+        if mode != "fedit" and self.scheme == "fedavg":
+            raise ConfigError(f"lora_aggregation={mode} needs LoRA: use scheme=fedlora or fedkdlora")
+        if self.lora_ranks is not None and mode != "flex":
+            raise ConfigError("lora_ranks works with lora_aggregation=flex only; set lora_aggregation=flex")
+        if mode in ("fedex", "flex"):
+            plain = self.server_optimizer == "sgd" and self.server_lr == 1.0 and self.aggregation == "mean"
+            if not plain:
+                raise ConfigError(
+                    f"lora_aggregation={mode} is the exact mean of the clients' updates: use aggregation=mean "
+                    "and server_optimizer=sgd server_lr=1, or lora_aggregation=fedit|ffa"
+                )
+        if mode == "flex" and self.scaffold:
+            raise ConfigError("scaffold=true does not combine with lora_aggregation=flex (clients of different ranks)")
+        if self.lora_ranks is not None:
+            from fl.strategies.lora_agg import parse_ranks
+
+            try:
+                parse_ranks(self.lora_ranks, self.num_clients, self.lora_r)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
 
     def server_beta_pair(self) -> tuple[float, float]:
         """server_betas as (beta1, beta2), each in [0, 1)."""

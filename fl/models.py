@@ -83,6 +83,12 @@ def resolve_model(name: str) -> str:
 
 
 def _load_error(name: str, err: Exception) -> ConfigError:
+    if Path(name).expanduser().is_dir():  # a local folder: the hub has nothing to do with it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return ConfigError(
+            f"model folder {name!r} cannot be loaded ({type(err).__name__}: {first[:200]}); check its config.json "
+            "and weights, or save the model again with save_pretrained"
+        )
     return ConfigError(
         f"could not load model {name!r} ({type(err).__name__}); it is not a local folder and the hub "
         "is unreachable or has no such model: use model=embedded or a folder saved with save_pretrained"
@@ -94,7 +100,7 @@ def load_tokenizer(path: str):
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # OSError, ValueError, JSON errors from a broken folder
         raise _load_error(path, err) from None
     if tok.pad_token is None:  # decoder models (gpt2, llama) ship without one
         tok.pad_token = tok.eos_token
@@ -112,7 +118,7 @@ def load_classifier(path: str, num_labels: int, seed: int, eager_attention: bool
     extra = {"attn_implementation": "eager"} if eager_attention else {}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **extra)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # OSError, ValueError, JSON errors, a truncated weights file
         raise _load_error(path, err) from None
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:
         model.config.pad_token_id = model.config.eos_token_id
@@ -227,6 +233,14 @@ def set_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name])
+
+
+def set_base_weights(model: nn.Module, base: dict[str, torch.Tensor]) -> None:
+    """FedEx-LoRA: load the frozen weights of the adapted modules (module name -> [d_out, d_in])."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for module, weight in base.items():
+            params[f"{module}.base_layer.weight"].copy_(weight)
 
 
 def load_base(spec: ModelSpec, num_labels: int) -> tuple[nn.Module, str]:

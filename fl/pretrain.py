@@ -18,7 +18,7 @@ from fl.client import LocalSchedule, evaluate, train_local
 from fl.config import Config, ConfigError
 from fl.data import encode, load_task
 from fl.partition import public_split
-from fl.report import Reporter, check_output_dir, environment, save_pretrained_atomic
+from fl.report import Reporter, check_output_dir, clear_run_outputs, environment, save_pretrained_atomic
 
 
 def teacher_run_dir(cfg: Config) -> Path:
@@ -42,7 +42,9 @@ def pretrain_teacher(cfg: Config) -> dict[str, Any] | None:
     tokenizer = models.load_tokenizer(path)
     teacher = models.load_classifier(path, task.num_labels, cfg.seed).to(device)
     run_dir = teacher_run_dir(cfg)
-    check_output_dir(run_dir)
+    check_output_dir(run_dir, overwrite=cfg.overwrite)
+    if cfg.overwrite:
+        clear_run_outputs(run_dir)
     reporter = Reporter(run_dir / "teacher_metrics.json")
     train_enc = encode(tokenizer, task.train.subset(public), cfg.max_length)
     test_enc = encode(tokenizer, task.test, cfg.max_length)

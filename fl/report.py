@@ -71,8 +71,20 @@ def atomic_write_json(path: Path, obj: Any) -> None:
         raise
 
 
-def check_output_dir(run_dir: Path) -> None:
-    """Fail early, before training, if results cannot be written."""
+RUN_OUTPUTS = (
+    "results.json", "checkpoints", "adapter", "model", "teacher", "student_base", "tensorboard", "teacher_metrics.json",
+)  # fmt: skip
+
+
+def check_output_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Fail early, before training: the run folder must be writable, and one that already holds
+    a run's results is refused unless this run resumes it or overwrites it."""
+    held = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if held and not (resume or overwrite):
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} already holds a run ({', '.join(held)}); pass resume=true to continue it, "
+            "overwrite=true to replace it, or another run_name"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -82,6 +94,16 @@ def check_output_dir(run_dir: Path) -> None:
         raise ConfigError(
             f"output_dir {str(run_dir.parent)!r} is not writable ({err.strerror}); pick another output_dir"
         ) from None
+
+
+def clear_run_outputs(run_dir: Path) -> None:
+    """overwrite=true: remove an earlier run's outputs (after every check has passed)."""
+    for name in RUN_OUTPUTS:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def save_pretrained_atomic(model: torch.nn.Module, tokenizer: Any, final: Path) -> Path:

@@ -15,25 +15,26 @@ barrier, so the record tells waiting (training, scoring) from communication.
 from __future__ import annotations
 
 import os
-import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fl import comm, models
-from fl.checkpoint import find_resume_point, save_checkpoint
+from fl.checkpoint import save_checkpoint
 from fl.client import KDTargets, LocalSchedule, client_seed, metrics_from_logits, predict, train_local, train_steps
-from fl.config import Config, ConfigError, parse_fault
+from fl.config import Config, parse_fault
 from fl.data import encode
 from fl.message import Message
-from fl.report import Reporter, check_output_dir, environment, peak_memory, save_pretrained_atomic
-from fl.setup import Setup, eval_rows, owners, prepare, restore, snapshot
+from fl.report import (
+    Reporter,
+    environment,
+    peak_memory,
+    save_pretrained_atomic,
+)
+from fl.setup import Setup, eval_rows, owners, snapshot
 from fl.strategies import ClientUpdate, RoundPlan, round_stats, update_problem
-
-
-class RunStopped(RuntimeError):
-    """The job stopped part-way (a rank died, a signal, a collective timed out); finished rounds are kept."""
 
 
 def fault_hits(spec: str | None, kind: str, who: int, round_idx: int) -> bool:
@@ -51,17 +52,22 @@ class Federation:
         self.cfg, self.s, self.rt, self.strategy = cfg, s, s.rt, s.strategy
         self.first_round = first_round
         self.reporter = Reporter(cfg.run_dir / "results.json", enabled=s.rt.is_main)
-        self.encoded = {c: encode(s.tokenizer, s.task.train.subset(s.shards[c]), cfg.max_length) for c in s.my_clients}
+        # tokenized once per split (Dataset.map caches it across runs), then selected by row
+        needs_train = bool(s.my_clients)
+        train = encode(s.tokenizer, s.task.train, cfg.max_length) if needs_train else None
+        self.encoded = {c: train.subset(s.shards[c]) for c in s.my_clients} if train else {}
         self.my_test_rows = eval_rows(s.rt.rank, s.rt.world_size, len(s.task.test))
-        self.my_test = encode(s.tokenizer, s.task.test.subset(self.my_test_rows), cfg.max_length)
-        kd_public = s.strategy.kd_on_clients and s.my_clients  # public data: client ranks tokenize it
-        self.public = (
-            encode(s.tokenizer, s.task.train.subset(range(s.public_size)), cfg.max_length) if kd_public else None
-        )
+        test = encode(s.tokenizer, s.task.test, cfg.max_length) if self.my_test_rows else None
+        self.my_test = test.subset(self.my_test_rows) if test else None
+        kd_public = s.strategy.kd_on_clients and train is not None  # public data: client ranks tokenize it
+        self.public = train.subset(range(s.public_size)) if kd_public else None
         self.global_state = snapshot(models.get_trainable_state(s.model))
         self.teacher_logits: torch.Tensor | None = None
         self.owners = owners(cfg.num_clients, s.rt.world_size)
         self.progress: dict[str, Any] = {"round": first_round, "checkpoint": s.resumed_from}
+        # the checkpoints this run may prune: those it writes, and the one it resumed from in this run folder
+        resumed = Path(s.resumed_from) if s.resumed_from else None
+        self.written = [resumed] if resumed and resumed.parent == cfg.run_dir / "checkpoints" else []
         self.records = records
 
     # ---- the run ----------------------------------------------------------------------------
@@ -128,7 +134,8 @@ class Federation:
     def train_one(self, c: int, plan: RoundPlan) -> ClientUpdate:
         """Client c's local training from the global state; its update and what goes with it."""
         model, cfg = self.s.model, self.cfg
-        models.set_trainable_state(model, self.global_state)
+        start = self.strategy.client_start(c, self.global_state)
+        models.set_trainable_state(model, start)
         kd = None
         if self.teacher_logits is not None and self.public is not None:
             kd = KDTargets(self.public.subset(plan.public_rows), self.teacher_logits, cfg.kd_alpha, cfg.kd_temperature)
@@ -139,12 +146,12 @@ class Federation:
             seed=client_seed(cfg.seed, plan.round, c),
             device=self.rt.device,
             kd=kd,
-            terms=self.strategy.local_terms(c, self.global_state),
+            terms=self.strategy.local_terms(c, start),
             params=models.trainable_parameters(model),
             on_step=self.reporter.step,
         )
         end = snapshot(models.get_trainable_state(model))
-        delta = {k: end[k].float() - self.global_state[k].float() for k in end}
+        delta = {k: end[k].float() - start[k].float() for k in end}
         if fault_hits(cfg.fault_inject, "client", c, plan.round):  # test-only: this client sends garbage
             delta = {k: torch.full_like(v, float("nan")) for k, v in delta.items()}
         reject, norm = update_problem(delta, cfg.max_update_norm)
@@ -152,7 +159,9 @@ class Federation:
         if not reject:
             if kd is not None:
                 u.logits = predict(model, kd.data, cfg.eval_batch_size, self.rt.device)
-            u.control_change = self.strategy.finish_client(c, self.global_state, end, res.lr_sum)
+            u.control_change = self.strategy.finish_client(c, start, end, res.lr_sum)
+            if self.strategy.lora is not None and self.strategy.lora.sends_products:
+                u.products = self.strategy.lora.client_products(end)
         return u
 
     def schedule(self, lr: float) -> LocalSchedule:
@@ -191,11 +200,15 @@ class Federation:
         if not self.rt.is_main:
             return {}
         t0 = time.perf_counter()
+        lora = self.strategy.lora
+        extra: dict[str, Any] = {}
         if sums.scalars["accepted"] > 0:
             self.global_state = self.strategy.next_global(self.global_state, sums, individual)
+            if lora is not None and lora.last_error is not None:
+                extra["aggregation_error"] = lora.last_error
         else:
             self.reporter.log(f"round {plan.round}: every client update was rejected; the global model stays as it was")
-        models.set_trainable_state(self.s.model, self.global_state)
+        self.load_global()
         t1 = time.perf_counter()
         kd: dict[str, float] = {}
         if self.s.teacher is not None and sums.scalars["accepted"] > 0:
@@ -203,8 +216,16 @@ class Federation:
             if "logits" in sums.parts:
                 ensemble = sums.parts["logits"]["student"] / sums.scalars["weight"]
             kd = self.s.teacher.after_aggregation(self.s.model, plan.round, list(plan.public_rows), ensemble)
-            self.global_state = snapshot(models.get_trainable_state(self.s.model))  # the student after KD
-        return {**kd, "time_aggregate_s": t1 - t0, "time_server_kd_s": time.perf_counter() - t1}
+            student = snapshot(models.get_trainable_state(self.s.model))  # the student after KD
+            self.global_state = lora.canonical(student) if lora is not None else student
+            self.load_global()
+        return {**extra, **kd, "time_aggregate_s": t1 - t0, "time_server_kd_s": time.perf_counter() - t1}
+
+    def load_global(self) -> None:
+        """The global state into this rank's model (FedEx-LoRA: the base weights of the adapted modules too)."""
+        models.set_trainable_state(self.s.model, self.global_state)
+        if self.strategy.lora is not None and self.strategy.lora.base:
+            models.set_base_weights(self.s.model, self.strategy.lora.base)
 
     def send_down(self, next_round: int) -> dict[str, float]:
         """Rank 0 sends the global state (+ SCAFFOLD's c, + the teacher's logits for the next
@@ -220,7 +241,7 @@ class Federation:
         t0 = time.perf_counter()
         msg, moved = comm.broadcast(self.rt, self.strategy.downlink(self.global_state, logits))
         self.global_state, self.teacher_logits = self.strategy.read_downlink(msg)
-        models.set_trainable_state(self.s.model, self.global_state)
+        self.load_global()
         return {"bytes": moved, "s": time.perf_counter() - t0, "teacher_s": t_kd}
 
     def evaluate(self, record: dict[str, Any], train_s: float, wait_s: float, t0: float | None) -> None:
@@ -274,7 +295,8 @@ class Federation:
             teacher, extra["teacher"] = self.s.teacher.state()
             tensors.update({f"kd.{k}": v for k, v in teacher.items()})
         meta = {"config": cfg.to_dict(), "records": self.reporter.doc["rounds"], "server": extra}
-        self.progress["checkpoint"] = str(save_checkpoint(cfg.run_dir, r, tensors, meta, cfg.keep_checkpoints))
+        path = save_checkpoint(cfg.run_dir, r, tensors, meta, cfg.keep_checkpoints, self.written)
+        self.progress["checkpoint"] = str(path)
 
     def gather_client_controls(self) -> dict[int, dict[str, torch.Tensor]]:
         """SCAFFOLD: every client's control variate, from its rank to rank 0 (for the checkpoint)."""
@@ -302,21 +324,37 @@ class Federation:
             if self.s.teacher is not None:
                 cut = models.ModelSpec.from_config(self.cfg, lora=False) if self.cfg.student_layers else None
                 self.s.teacher.save(self.cfg.run_dir, self.s.model, self.s.tokenizer, cut)
-            name = "adapter" if models.is_peft(self.s.model) else "model"
-            path = save_pretrained_atomic(self.s.model, self.s.tokenizer, self.cfg.run_dir / name)
+            model, name = self.s.model, "adapter" if models.is_peft(self.s.model) else "model"
+            if self.strategy.lora is not None and self.strategy.lora.mode == "fedex":
+                # the base weights changed: the adapter alone would not reproduce the run; export the merged model
+                model, name = self.s.model.merge_and_unload(), "model"
+            path = save_pretrained_atomic(model, self.s.tokenizer, self.cfg.run_dir / name)
             self.reporter.log(f"final global model saved to {path}")
         return self.reporter.doc
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def byte_counts(self, plan: RoundPlan, wire_up: int, wire_down: int) -> dict[str, int]:
         """What the collectives moved, and what a deployment would move: one message per sampled
-        client each way (its update up; the global state, SCAFFOLD's c and the teacher's logits down)."""
-        state = sum(v.numel() for v in self.global_state.values()) * 4
+        client each way (its update up; the global state, SCAFFOLD's c, the teacher's logits, FedEx's
+        base weights down). FlexLoRA clients move their own rank's A and B."""
+        lora, g = self.strategy.lora, self.global_state
         logits = len(plan.public_rows) * self.s.task.num_labels * 4 if self.strategy.kd_on_clients else 0
-        per_client = state * (2 if self.strategy.scaffold else 1) + logits
-        n = len(plan.clients)
-        return {"bytes_up": per_client * n, "bytes_down": per_client * n, "bytes_logits": 2 * logits * n,
-                "wire_bytes_up": wire_up, "wire_bytes_down": wire_down}  # fmt: skip
+        per_state = {
+            c: lora.client_bytes(g, c) if lora else sum(v.numel() for v in g.values()) * 4 for c in plan.clients
+        }
+        control = 2 if self.strategy.scaffold else 1
+        base = sum(v.numel() for v in lora.base.values()) * 4 if lora is not None and lora.base else 0
+        products = 0
+        if lora is not None and lora.sends_products:
+            products = sum(v.numel() for v in lora.product_template(g).values()) * 4 * self.rt.client_ranks
+        return {
+            "bytes_up": sum(per_state[c] * control + logits for c in plan.clients),
+            "bytes_down": sum(per_state[c] * control + logits + base for c in plan.clients),
+            "bytes_logits": 2 * logits * len(plan.clients),
+            "wire_bytes_up": wire_up,
+            "wire_bytes_down": wire_down,
+            "bytes_products": products,
+        }
 
     def begin_report(self) -> None:
         s, cfg, rt = self.s, self.cfg, self.rt
@@ -347,73 +385,3 @@ class Federation:
             },
         )
         self.reporter.doc["rounds"] = self.records
-
-
-def _stop_on_signal(signum: int, frame: Any) -> None:
-    raise RunStopped(f"received {signal.Signals(signum).name}")
-
-
-def run(cfg: Config) -> dict[str, Any] | None:
-    """Run one experiment; returns the results document on rank 0 (None on other ranks)."""
-    start = time.perf_counter()
-    rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s, cfg.server_device, cfg.client_allreduce)
-    previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    fed: Federation | None = None
-    try:
-        s, first_round, records = set_up(cfg, rt)
-        fed = Federation(cfg, s, first_round, records)
-        doc = fed.run()
-        fed.reporter.finish(time.perf_counter() - start)
-    except BaseException as err:
-        comm.shutdown(clean=False)  # peers may be gone: no barrier
-        if fed is not None and (isinstance(err, RunStopped | KeyboardInterrupt) or comm.is_comm_failure(err)):
-            raise stopped(cfg, fed, err, start) from None
-        if fed is not None:
-            fed.reporter.finish(time.perf_counter() - start, status="failed", reason=first_line(err))
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    comm.shutdown()
-    return doc
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def stopped(cfg: Config, fed: Federation, err: BaseException, start: float) -> RunStopped:
-    """Mark results.json interrupted and say, in one line, what was kept and how to go on."""
-    r = fed.progress["round"]
-    cause = first_line(err) if not isinstance(err, KeyboardInterrupt) else "interrupted (Ctrl-C)"
-    fed.reporter.finish(time.perf_counter() - start, status="interrupted", reason=cause)
-    launcher = "the same torchrun command" if comm.launched_by_torchrun() else "the same command"
-    hint = " (torchrun's summary names the rank that failed)" if comm.launched_by_torchrun() else ""
-    return RunStopped(
-        f"stopped during round {r} ({cause}); results.json holds rounds 0..{max(r - 1, 0)}, newest "
-        f"checkpoint: {fed.progress['checkpoint'] or 'none'}; run {launcher} with resume=true to continue{hint}"
-    )
-
-
-def set_up(cfg: Config, rt: comm.Runtime) -> tuple[Setup, int, list[dict]]:
-    """Build every rank's part; rank 0 restores a checkpoint and checks the run folder. Every rank
-    learns whether all succeeded: a set-up error stops the whole job with rank 0's one line."""
-    error: ConfigError | None = None
-    first_round, records = 1, []
-    s = None
-    try:
-        s = prepare(cfg, rt)
-        if rt.is_main:  # every check that reads comes before the first write (the run folder)
-            first_round, records = restore(cfg, s, find_resume_point(cfg))
-            check_output_dir(cfg.run_dir)
-    except ConfigError as err:
-        error = err
-    if not comm.all_ok(rt, error is None):  # every rank stops together, none waits forever
-        main_error = comm.broadcast_object(rt, str(error) if rt.is_main and error else None)
-        if rt.is_main or main_error is None:
-            raise error or ConfigError("another rank failed during set-up; see its message")
-        raise ConfigError(str(main_error), quiet=True)
-    first_round = int(comm.broadcast_object(rt, first_round))  # type: ignore[arg-type]
-    s.resumed_from = comm.broadcast_object(rt, s.resumed_from)  # type: ignore[union-attr]
-    return s, first_round, records  # type: ignore[return-value]

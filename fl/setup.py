@@ -4,6 +4,10 @@ checkpoint on rank 0. Built identically (same seeds) on every rank, and before a
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,28 @@ from fl.partition import partition, public_split
 from fl.strategies import Strategy, build_strategy
 from fl.strategies.aggregate import State
 from fl.strategies.distill import TeacherServer
+
+SETUP_LIMIT_S = 120.0  # data-dependent set-up loops (partitioning) must finish within this
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str) -> Iterator[None]:
+    """A watchdog: raise ConfigError if the block runs longer than `seconds` (main thread only;
+    elsewhere the block runs unguarded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise ConfigError(f"{what} did not finish in {seconds:g} s; check the settings that drive it")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass
@@ -78,14 +104,18 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
     public, private = public_split(len(task.train), cfg.teacher_data_pct)
     private_labels = [task.train.labels[i] for i in private]
     try:
-        local = partition(private_labels, cfg.num_clients, cfg.partition, cfg.seed, cfg.dirichlet_alpha)
+        with time_limit(SETUP_LIMIT_S, f"partition={cfg.partition} of {len(private_labels)} rows"):
+            local = partition(private_labels, cfg.num_clients, cfg.partition, cfg.seed, cfg.dirichlet_alpha)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     shards = [[private.start + i for i in shard] for shard in local]
-    spec = models.ModelSpec.from_config(cfg, lora=strategy.trainable == "lora")
+    freeze_a = cfg.lora_aggregation == "ffa"
+    spec = models.ModelSpec.from_config(cfg, lora=strategy.trainable == "lora", freeze_a=freeze_a)
     model, tokenizer, path = models.build_model(spec, task.num_labels)
     models.check_max_length(model, cfg.max_length)
     model.to(rt.device)
+    if strategy.lora is not None:  # adapted modules, scale, FFA's shared A, FedEx's base weights
+        strategy.lora.from_model(model, models.get_trainable_state(model))
     teacher = None
     if rt.is_main and strategy.kd:
         teacher = TeacherServer.load(cfg, task, len(public), tokenizer, rt.device)

@@ -6,8 +6,14 @@ Everything is made in a temp folder from code: offline, fast and deterministic.
 from __future__ import annotations
 
 import csv
+import os
 import random
+import tempfile
 from pathlib import Path
+
+# datasets' cache (the loaded files and the tokenized splits) goes to a folder of this test session,
+# set before datasets is imported; torchrun jobs started by the tests inherit it
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="fl-test-datasets-"))
 
 import pytest
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from fl.recipe import load_config
-from fl.server import run
+from fl.run import run
 from fl.strategies.strategy import sample_clients
 from tests.test_server import RECIPE, run_torchrun
 
@@ -58,10 +58,12 @@ def test_fedadam_with_sampling_same_in_simulation_and_torchrun(tmp_path, tiny_ov
 
 def test_median_gathers_and_matches_simulation(tmp_path, tiny_overrides):
     sim, dist = sim_vs_torchrun(tmp_path, tiny_overrides, ["aggregation=median"])
-    per_client = dist["payload_bytes"] + (2 + 5 * 4) * 4  # an update and the round's scalars
+    products = 2 * 2 * 32 * 32 * 4  # s * B_i A_i of 2 layers x (query, value), 32 x 32, for the aggregation error
+    per_client = dist["payload_bytes"] + products + (2 + 5 * 4) * 4  # an update, its products, the scalars
     for rec in dist["rounds"][1:]:
         # each client rank sends its 2 clients' updates as rows of one buffer: 2 ranks x 2 rows
         assert rec["wire_bytes_up"] == 2 * 2 * per_client
+        assert rec["bytes_products"] == 2 * products  # 2 client ranks
 
 
 def test_fedprox_pulls_updates_towards_the_global_state(tmp_path, tiny_overrides):

@@ -18,10 +18,10 @@ from fl.config import Config, ConfigError
 
 def test_save_keep_and_find_newest(tmp_path):
     cfg = Config(output_dir=str(tmp_path), run_name="r", resume="true")
+    mine: list = []  # the checkpoints this run wrote
     for r in (1, 2, 3):
-        save_checkpoint(
-            cfg.run_dir, r, {"global.w": torch.full((2,), float(r))}, {"config": cfg.to_dict(), "records": []}, keep=2
-        )
+        meta = {"config": cfg.to_dict(), "records": []}
+        save_checkpoint(cfg.run_dir, r, {"global.w": torch.full((2,), float(r))}, meta, keep=2, mine=mine)
     (cfg.run_dir / "checkpoints" / ".round-0004.tmp").mkdir()  # a crash mid-write leaves only a temp folder
     names = [p.name for p in complete_checkpoints(cfg.run_dir)]
     assert names == ["round-0002", "round-0003"]
@@ -29,6 +29,19 @@ def test_save_keep_and_find_newest(tmp_path):
     tensors, meta = load_checkpoint(newest, cfg)
     assert meta["round"] == 3 and torch.equal(tensors["global.w"], torch.full((2,), 3.0))
     assert json.loads((newest / "meta.json").read_text())["round"] == 3
+
+
+def test_a_run_prunes_only_the_checkpoints_it_wrote(tmp_path):
+    """Stale checkpoints of another run (here rounds 8 and 9) are neither pruned nor mistaken for this run's."""
+    cfg = Config(output_dir=str(tmp_path), run_name="r")
+    meta = {"config": cfg.to_dict(), "records": []}
+    for r in (8, 9):
+        save_checkpoint(cfg.run_dir, r, {"w": torch.zeros(1)}, meta, keep=2, mine=[])
+    mine: list = []
+    for r in (1, 2, 3):
+        save_checkpoint(cfg.run_dir, r, {"w": torch.zeros(1)}, meta, keep=1, mine=mine)
+    names = [p.name for p in complete_checkpoints(cfg.run_dir)]
+    assert names == ["round-0003", "round-0008", "round-0009"] and [p.name for p in mine] == ["round-0003"]
 
 
 def test_resume_true_without_checkpoint_starts_fresh(tmp_path):

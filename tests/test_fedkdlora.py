@@ -69,7 +69,9 @@ def test_torchrun_fedkdlora_records_teacher_and_student(kd_setup, placement, tin
             assert rec["bytes_up"] == rec["bytes_down"] == 3 * (doc["payload_bytes"] + logits)
             # the collectives: one buffer per client rank up (adapter + logits + 2 + 5 x 3 scalars); the
             # downlink carries the next round's teacher logits, except after the last round
-            assert rec["wire_bytes_up"] == 2 * (doc["payload_bytes"] + logits + (2 + 5 * 3) * 4)
+            products = rec["bytes_products"] // 2  # s * B A of the 1-layer student's 2 modules, per client rank
+            assert products == 2 * 32 * 32 * 4
+            assert rec["wire_bytes_up"] == 2 * (doc["payload_bytes"] + logits + products + (2 + 5 * 3) * 4)
             last = rec["round"] == doc["config"]["rounds"]
             assert rec["wire_bytes_down"] == 2 * (doc["payload_bytes"] + (0 if last else logits))
             assert "kd_teacher_loss" in rec

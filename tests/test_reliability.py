@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fl.recipe import load_config
-from fl.server import run
+from fl.run import run
 from tests.test_server import RECIPE, hand_rounds, run_torchrun
 
 TIME_KEYS = {

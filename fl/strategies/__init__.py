@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fl.config import Config
 from fl.strategies.aggregate import State, Update, accumulate, finalize, weighted_average
+from fl.strategies.lora_agg import LoraAggregator, parse_ranks
 from fl.strategies.server_opt import ServerOptimizer
 from fl.strategies.strategy import ClientUpdate, RoundPlan, Strategy, round_stats, update_problem
 
@@ -17,6 +18,11 @@ def build_strategy(cfg: Config) -> Strategy:
         cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta_pair(), cfg.server_tau
     )
     kd = cfg.scheme == "fedkdlora"
+    lora = None
+    if TRAINABLE[cfg.scheme] == "lora":
+        ranks = parse_ranks(cfg.lora_ranks, cfg.num_clients, cfg.lora_r) if cfg.lora_ranks else None
+        lora = LoraAggregator(cfg.lora_aggregation, rank=cfg.lora_r, client_ranks=ranks,
+                              measure_error=cfg.aggregation_error)  # fmt: skip
     return Strategy(
         trainable=TRAINABLE[cfg.scheme],
         num_clients=cfg.num_clients,
@@ -33,6 +39,7 @@ def build_strategy(cfg: Config) -> Strategy:
         kd=kd,
         kd_on_clients=kd and cfg.kd_placement == "clients",
         kd_public_examples=cfg.kd_public_examples,
+        lora=lora,
     )
 
 

@@ -28,21 +28,25 @@ class LocalTerms:
     """Hooks `train_local` calls around each step; each is a no-op when its algorithm is off."""
 
     prox_mu: float = 0.0
-    anchor: State | None = None  # the global trainable values (FedProx)
+    anchor: State | None = None  # the values the client started from (FedProx)
     correction: State | None = None  # c - c_i (SCAFFOLD)
+    mask: State | None = None  # 1 where a tensor may change, 0 where it must stay (FlexLoRA's lower ranks)
 
     @property
     def active(self) -> bool:
-        return (self.prox_mu > 0 and self.anchor is not None) or self.correction is not None
+        return (self.prox_mu > 0 and self.anchor is not None) or self.correction is not None or self.mask is not None
 
     @torch.no_grad()
     def after_backward(self, params: dict[str, torch.nn.Parameter]) -> None:
-        """FedProx: grad += mu * (w - w_global)."""
-        if self.prox_mu <= 0 or self.anchor is None:
-            return
-        for k, p in params.items():
-            if p.grad is not None:
-                p.grad.add_(p.detach() - self.anchor[k].to(p.device, p.dtype), alpha=self.prox_mu)
+        """FedProx: grad += mu * (w - w_global); then the rank mask zeroes what must not change."""
+        if self.prox_mu > 0 and self.anchor is not None:
+            for k, p in params.items():
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - self.anchor[k].to(p.device, p.dtype), alpha=self.prox_mu)
+        if self.mask is not None:
+            for k, m in self.mask.items():
+                if params[k].grad is not None:
+                    params[k].grad.mul_(m.to(params[k].grad.device))
 
     @torch.no_grad()
     def after_step(self, params: dict[str, torch.nn.Parameter], lr: float) -> None:

@@ -31,6 +31,7 @@ from fl.strategies.local import (
     scaffold_correction,
     scaffold_server_update,
 )
+from fl.strategies.lora_agg import LoraAggregator
 from fl.strategies.server_opt import ServerOptimizer
 
 REJECT_REASONS = {1: "non-finite values", 2: "update norm above max_update_norm"}
@@ -59,6 +60,7 @@ class ClientUpdate:
     norm: float = 0.0
     logits: torch.Tensor | None = None  # KD on clients: [P, K] on the public rows
     control_change: State | None = None  # SCAFFOLD: c_i+ - c_i
+    products: State | None = None  # LoRA modes: s * B_i @ A_i per adapted module
 
 
 def public_rows(seed: int, round_idx: int, public_size: int, per_round: int | None) -> list[int]:
@@ -104,6 +106,7 @@ class Strategy:
     kd: bool = False  # FedKDLoRA
     kd_on_clients: bool = False
     kd_public_examples: int | None = None
+    lora: LoraAggregator | None = None  # LoRA aggregation mode (fedit, ffa, fedex, flex)
     control: State = field(default_factory=dict)  # SCAFFOLD's c (every rank, from the downlink)
     client_controls: dict[int, State] = field(default_factory=dict)  # SCAFFOLD's c_i, on the client's rank
 
@@ -128,6 +131,8 @@ class Strategy:
             parts["control"] = self.control or {k: torch.zeros_like(v) for k, v in global_state.items()}
         if teacher_logits is not None:
             parts["teacher"] = {"logits": teacher_logits}
+        if self.lora is not None and self.lora.mode == "fedex":
+            parts["base"] = self.lora.base  # W0 of each adapted module, residuals folded in
         return Message(parts)
 
     def read_downlink(self, msg: Message) -> tuple[State, torch.Tensor | None]:
@@ -135,15 +140,22 @@ class Strategy:
         if self.scaffold:
             self.control = {k: v.clone() for k, v in msg.parts["control"].items()}
         teacher = msg.parts.get("teacher", {}).get("logits")
+        if "base" in msg.parts and self.lora is not None:
+            self.lora.base = {k: v.clone() for k, v in msg.parts["base"].items()}
         return {k: v.clone() for k, v in msg.parts["global"].items()}, teacher
 
     # ---- the client part --------------------------------------------------------------------
-    def local_terms(self, client: int, global_state: State) -> LocalTerms | None:
-        """FedProx's anchor and SCAFFOLD's correction for this client, or None when both are off."""
-        if self.prox_mu <= 0 and not self.scaffold:
+    def client_start(self, client: int, global_state: State) -> State:
+        """What client c trains from: the global state (FlexLoRA: cut to the client's rank)."""
+        return self.lora.client_start(global_state, client) if self.lora is not None else global_state
+
+    def local_terms(self, client: int, start: State) -> LocalTerms | None:
+        """FedProx's anchor, SCAFFOLD's correction and FlexLoRA's rank mask for this client, or None."""
+        mask = self.lora.client_masks(start, client) if self.lora is not None else None
+        if self.prox_mu <= 0 and not self.scaffold and mask is None:
             return None
         correction = scaffold_correction(self.control, self.client_controls.get(client)) if self.scaffold else None
-        return LocalTerms(self.prox_mu, global_state if self.prox_mu > 0 else None, correction)
+        return LocalTerms(self.prox_mu, start if self.prox_mu > 0 else None, correction, mask)
 
     def finish_client(self, client: int, start: State, end: State, lr_sum: float) -> State | None:
         """SCAFFOLD: update this client's control (kept on its rank); returns c_i+ - c_i."""
@@ -155,7 +167,10 @@ class Strategy:
 
     def upload_template(self, global_state: State, plan: RoundPlan, num_labels: int) -> Message:
         """Zeros with every name the round's upload carries (the same on every rank)."""
-        parts = {"delta": {k: torch.zeros_like(v, dtype=torch.float32) for k, v in global_state.items()}}
+        keys = self.lora.delta_keys(global_state) if self.lora is not None else list(global_state)
+        parts = {"delta": {k: torch.zeros_like(global_state[k], dtype=torch.float32) for k in keys}}
+        if self.lora is not None and self.lora.sends_products:
+            parts["products"] = self.lora.product_template(global_state)
         if self.kd_on_clients:
             device = next(iter(global_state.values())).device
             parts["logits"] = {"student": torch.zeros(len(plan.public_rows), num_labels, device=device)}
@@ -175,8 +190,11 @@ class Strategy:
             return msg
         weight = float(u.num_examples)
         alpha = 1.0 if self.gathers else weight
-        for k, v in u.delta.items():
-            msg.parts["delta"][k].add_(v, alpha=alpha)
+        for k in msg.parts["delta"]:
+            msg.parts["delta"][k].add_(u.delta[k], alpha=alpha)
+        if u.products is not None and "products" in msg.parts:
+            for k, v in u.products.items():
+                msg.parts["products"][k].add_(v, alpha=weight)
         if u.logits is not None:
             msg.parts["logits"]["student"].add_(u.logits, alpha=weight)
         if u.control_change is not None:
@@ -195,11 +213,18 @@ class Strategy:
             delta = combine(deltas)
         else:
             delta = {k: v / sums.scalars["weight"] for k, v in sums.parts["delta"].items()}
+        if set(delta) != set(global_state):  # flex: A and B travel as products, not as changes
+            delta = {k: delta.get(k, torch.zeros_like(v)) for k, v in global_state.items()}
         if self.server_opt.is_plain_fedavg and not self.gathers:
             new = {k: global_state[k] + delta[k] for k in global_state}
             self.server_opt.steps += 1
         else:
             new = self.server_opt.step(global_state, delta)
+        if self.lora is not None:
+            mean_products = None
+            if "products" in sums.parts:
+                mean_products = {k: v / sums.scalars["weight"] for k, v in sums.parts["products"].items()}
+            new = self.lora.combine(global_state, new, mean_products)
         if self.scaffold:
             self.control = scaffold_server_update(self.control, sums.parts["control"], self.num_clients)
         return new
@@ -209,12 +234,17 @@ class Strategy:
         tensors, extra = self.server_opt.state()
         tensors = {f"opt.{k}": v for k, v in tensors.items()}
         tensors.update({f"control.{k}": v for k, v in self.control.items()})
+        if self.lora is not None:
+            tensors.update({f"base.{k}": v for k, v in self.lora.base.items()})
         return tensors, {"server_opt": extra}
 
     def load_state(self, tensors: State, extra: dict, device: torch.device) -> None:
         opt = {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}
         self.server_opt.load(opt, extra.get("server_opt", {}), device)
         self.control = {k[8:]: v.to(device) for k, v in tensors.items() if k.startswith("control.")}
+        base = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("base.")}
+        if self.lora is not None and base:
+            self.lora.base = base
 
 
 def round_stats(sums: Message, plan: RoundPlan) -> dict:

@@ -1,0 +1,94 @@
+"""The program around the round loop: start the process group, set up every rank (one error line
+for the whole job when set-up fails), run the federation, and leave a valid results.json however
+the job ends (completed, interrupted by a signal or a dead peer, or failed).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from fl import comm
+from fl.checkpoint import find_resume_point
+from fl.config import Config, ConfigError
+from fl.report import check_output_dir, clear_run_outputs
+from fl.server import Federation
+from fl.setup import Setup, prepare, restore
+
+
+class RunStopped(RuntimeError):
+    """The job stopped part-way (a rank died, a signal, a collective timed out); finished rounds are kept."""
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    raise RunStopped(f"received {signal.Signals(signum).name}")
+
+
+def run(cfg: Config) -> dict[str, Any] | None:
+    """Run one experiment; returns the results document on rank 0 (None on other ranks)."""
+    start = time.perf_counter()
+    rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s, cfg.server_device, cfg.client_allreduce)
+    previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    fed: Federation | None = None
+    try:
+        s, first_round, records = set_up(cfg, rt)
+        fed = Federation(cfg, s, first_round, records)
+        doc = fed.run()
+        fed.reporter.finish(time.perf_counter() - start)
+    except BaseException as err:
+        comm.shutdown(clean=False)  # peers may be gone: no barrier
+        if fed is not None and (isinstance(err, RunStopped | KeyboardInterrupt) or comm.is_comm_failure(err)):
+            raise stopped(cfg, fed, err, start) from None
+        if fed is not None:
+            fed.reporter.finish(time.perf_counter() - start, status="failed", reason=first_line(err))
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    comm.shutdown()
+    return doc
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def stopped(cfg: Config, fed: Federation, err: BaseException, start: float) -> RunStopped:
+    """Mark results.json interrupted and say, in one line, what was kept and how to go on."""
+    r = fed.progress["round"]
+    cause = first_line(err) if not isinstance(err, KeyboardInterrupt) else "interrupted (Ctrl-C)"
+    fed.reporter.finish(time.perf_counter() - start, status="interrupted", reason=cause)
+    launcher = "the same torchrun command" if comm.launched_by_torchrun() else "the same command"
+    hint = " (torchrun's summary names the rank that failed)" if comm.launched_by_torchrun() else ""
+    return RunStopped(
+        f"stopped during round {r} ({cause}); results.json holds rounds 0..{max(r - 1, 0)}, newest "
+        f"checkpoint: {fed.progress['checkpoint'] or 'none'}; run {launcher} with resume=true to continue{hint}"
+    )
+
+
+def set_up(cfg: Config, rt: comm.Runtime) -> tuple[Setup, int, list[dict]]:
+    """Build every rank's part; rank 0 restores a checkpoint and checks the run folder. Every rank
+    learns whether all succeeded: a set-up error stops the whole job with rank 0's one line."""
+    error: ConfigError | None = None
+    first_round, records = 1, []
+    s = None
+    try:
+        s = prepare(cfg, rt)
+        if rt.is_main:  # every check that reads comes before the first write (the run folder)
+            first_round, records = restore(cfg, s, find_resume_point(cfg))
+            check_output_dir(cfg.run_dir, resume=cfg.resume != "false", overwrite=cfg.overwrite)
+            if cfg.overwrite and s.resumed_from is None:
+                clear_run_outputs(cfg.run_dir)
+    except ConfigError as err:
+        error = err
+    if not comm.all_ok(rt, error is None):  # every rank stops together, none waits forever
+        # one line for the job, printed by rank 0: its own error, else the first failing rank's
+        messages = comm.gather_object(rt, str(error) if error else None)
+        if rt.is_main:
+            raise error or ConfigError(next(m for m in messages if m))  # type: ignore[union-attr]
+        raise ConfigError(str(error), quiet=True)
+    first_round = int(comm.broadcast_object(rt, first_round))  # type: ignore[arg-type]
+    s.resumed_from = comm.broadcast_object(rt, s.resumed_from)  # type: ignore[union-attr]
+    return s, first_round, records  # type: ignore[return-value]
