@@ -64,8 +64,10 @@ def train_client(
     seed: int,
     batch_size: int = 16,
     max_length: int = 64,
+    device: torch.device | str = "cpu",
 ) -> float:
-    """One local epoch with a fresh AdamW, tokenizing each batch as it comes; returns the mean loss."""
+    """One local epoch with a fresh AdamW, tokenizing each batch as it comes; returns the mean loss.
+    The model must already be on `device`."""
     # weight_decay=0.0 as fl's default (torch's AdamW default is 0.01): both sides run the same optimizer
     opt = torch.optim.AdamW(trainable(model).values(), lr=lr, weight_decay=0.0)
     model.train()
@@ -74,7 +76,8 @@ def train_client(
     for i in range(0, len(order), batch_size):
         rows = [shard[j] for j in order[i : i + batch_size]]
         batch = tok([t for t, _ in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        loss = F.cross_entropy(model(**batch).logits, torch.tensor([y for _, y in rows]))
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = F.cross_entropy(model(**batch).logits, torch.tensor([y for _, y in rows], device=device))
         opt.zero_grad()
         loss.backward()
         opt.step()

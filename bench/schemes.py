@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, run_torchrun, write_report
+from fl.plots import plot_rounds
 
 SCHEMES = [  # (label, run name, recipe, extra overrides)
     ("FedAvg", "fedavg", "fedavg.yaml", ["scheme=fedavg", "lr=5e-5"]),
@@ -26,29 +27,27 @@ SCHEMES = [  # (label, run name, recipe, extra overrides)
 
 
 def plot(task: str, results: dict[str, dict[str, Any]], path: Path) -> None:
-    """Accuracy (or MCC) and loss against round, one line per scheme; centralized dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
+    """Accuracy (or MCC) and loss against round, one line per scheme; centralized references dashed."""
     metric = "test_mcc" if task == "cola" else "test_accuracy"
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, doc in results.items():
-        rounds = [r["round"] for r in doc["rounds"]]
-        style = "--" if label.startswith("Centralized") else "-"
-        ax1.plot(rounds, [r[metric] for r in doc["rounds"]], style, marker="o", label=label)
-        ax2.plot(rounds, [r["test_loss"] for r in doc["rounds"]], style, marker="o", label=label)
-    ax1.set(xlabel="round", ylabel=metric.replace("test_", "test "), title=f"{task}: {metric.replace('test_', '')}")
-    ax2.set(xlabel="round", ylabel="test loss (mean cross-entropy)", title=f"{task}: loss")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    runs = {label: doc["rounds"] for label, doc in results.items()}
+    plot_rounds(runs, [metric, "test_loss"], path, title=task, dashed=[k for k in runs if k.startswith("Centralized")])
+
+
+# the keys a task's own FedLoRA recipe tunes (CoLA: see bench/reports/cola-sweep.md); every LoRA scheme
+# of the comparison takes them, so that the schemes differ in the scheme alone
+TUNED_KEYS = ("lr", "lora_r", "lora_alpha", "lora_target_modules", "lora_modules_to_save", "lr_scheduler",
+              "warmup_ratio", "head_lr", "local_epochs")  # fmt: skip
+
+
+def task_lora_settings(task: str) -> list[str]:
+    """`key=value` of the tuned keys in recipes/<task>-fedlora.yaml (none for tasks without one)."""
+    from fl.recipe import load_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / f"{task}-fedlora.yaml"
+    if task == "rotten_tomatoes" or not recipe.is_file():
+        return []
+    values = load_recipe(recipe)
+    return [f"{k}={values[k]}" for k in TUNED_KEYS if k in values]
 
 
 def with_quick_sizes(args: argparse.Namespace) -> argparse.Namespace:
@@ -112,15 +111,20 @@ def main(argv: list[str] | None = None) -> Path:
     teacher = teacher_run_dir(teacher_cfg) / "teacher"
 
     results: dict[str, dict[str, Any]] = {}
+    lora = task_lora_settings(args.task)
     for label, run_name, recipe, extra in SCHEMES:
-        over = [*common, *extra, f"teacher_ckpt={teacher}", f"run_name={run_name}"]
+        tuned = lora if "fedavg" not in run_name else []
+        over = [*common, *tuned, *extra, f"teacher_ckpt={teacher}", f"run_name={run_name}"]
         if args.nproc > 1:
             results[label] = run_torchrun(recipe, over, args.nproc, runs / run_name)
         else:
             results[label] = run_inprocess(recipe, over)
     # centralized: one client holds every client example, in one process; same model, LoRA, lr, epochs
     results["Centralized (1 client, FedLoRA)"] = run_inprocess(
-        "fedlora.yaml", [*common, "scheme=fedlora", "num_clients=1", "run_name=centralized"]
+        "fedlora.yaml", [*common, *lora, "scheme=fedlora", "num_clients=1", "run_name=centralized"]
+    )
+    results["Centralized full fine-tuning (1 client, FedAvg)"] = run_inprocess(
+        "fedavg.yaml", [*common, "scheme=fedavg", "lr=5e-5", "num_clients=1", "run_name=centralized-full"]
     )
 
     data = {
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> Path:
         "rounds": args.rounds,
         "clients": args.clients,
         "teacher": teacher_doc["rounds"],
+        "lora_settings": lora,
         "results": {k: {"rounds": v["rounds"], "elapsed_s": v["elapsed_s"]} for k, v in results.items()},
     }
     return render(args, data, Path(args.out), argv)
@@ -172,7 +177,14 @@ def render(args: argparse.Namespace, data: dict[str, Any], out: Path, argv: list
             if args.nproc > 1
             else "one process; bytes are simulated one client per rank"
         )
-        + "; the centralized reference runs in one process (its bytes: what its one client would move).\n\n"
+        + "; the centralized references run in one process (their bytes: what their one client would move). "
+        + (
+            f"Every LoRA scheme takes the settings of recipes/{args.task}-fedlora.yaml: "
+            f"{' '.join(data['lora_settings'])}. "
+            if data.get("lora_settings")
+            else ""
+        )
+        + "Centralized full fine-tuning: FedAvg's settings (lr 5e-5, every weight) with one client.\n\n"
         + md_table(
             [
                 "scheme",

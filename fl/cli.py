@@ -1,4 +1,5 @@
-"""Command line: `fl run <recipe.yaml> [key=value ...]` and `fl pretrain-teacher <recipe.yaml> ...`.
+"""Command line: `fl run <recipe.yaml> [key=value ...]`, `fl pretrain-teacher <recipe.yaml> ...`,
+`fl compare RUN_DIR...` and `fl export RUN_DIR [--merge]`.
 
 Bad input ends with one line on stderr (`error: ...`) and exit code 2, before anything is
 written; `fl run --help` lists every config key with its default and meaning.
@@ -60,6 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("recipe", help="recipe YAML (e.g. recipes/fedkdlora.yaml)")
     pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    cmp = sub.add_parser(
+        "compare",
+        help="runs side by side: one figure and a table",
+        description=(
+            "Draw a metric per round for several runs (one line each, labelled by the settings that differ "
+            "between them) and print a markdown table of final metrics, time and bytes (also written beside the "
+            "figure as .md)."
+        ),
+        epilog="example:\n  fl compare results/fedlora-sst2-seed42 results/fedavg-sst2-seed42 --out sst2.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each holds results.json)")
+    cmp.add_argument("--metric", default="test_accuracy", help="a record key: test_accuracy, test_mcc, test_loss, ...")
+    cmp.add_argument("--out", default="compare.png", help="the figure (PNG); the table goes beside it as .md")
+    exp = sub.add_parser(
+        "export",
+        help="the final model of a run, with a model card",
+        description=(
+            "Copy a run's final adapter (or full model) to RUN_DIR/export, or with --merge save the adapter merged "
+            "into its base (peft's merge_and_unload) as a standalone model; both with a Hugging Face model card "
+            "(README.md) recording the federated setting and metrics."
+        ),
+        epilog="example:\n  fl export results/fedlora-sst2-seed42 --merge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("run", metavar="RUN_DIR", help="a run folder written by `fl run`")
+    exp.add_argument("--merge", action="store_true", help="merge the adapter into its base model")
+    exp.add_argument("--out", default=None, help="target folder (default: RUN_DIR/export)")
     return parser
 
 
@@ -73,6 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().print_help()
         return 2
     try:
+        if args.command == "compare":
+            from fl.compare import compare
+
+            path, table = compare(args.runs, args.metric, args.out)
+            print(table + f"\nfigure: {path}\ntable: {path.with_suffix('.md')}")
+            return 0
+        if args.command == "export":
+            from fl.export import export
+
+            print(f"exported to {export(args.run, args.merge, args.out)}")
+            return 0
         cfg = load_config(args.recipe, args.overrides)
         if args.command == "pretrain-teacher":
             from fl.pretrain import pretrain_teacher  # heavy imports only once the config is good

@@ -92,7 +92,7 @@ def train_local(
     kd: KDTargets | None = None,
     terms: LocalTerms | None = None,
     params: dict[str, nn.Parameter] | None = None,
-    on_step: Callable[[], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """AdamW on the model's trainable parameters, fresh each call (per client and round).
 
@@ -143,7 +143,7 @@ def train_local(
             seen += labels.numel()
             steps += 1
             if on_step is not None:
-                on_step()
+                on_step(labels.numel())
     return TrainResult(len(data), loss_sum, seen, steps, lr_sum, lr)
 
 

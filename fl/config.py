@@ -113,6 +113,11 @@ class Config:
         "record ||mean(B_i A_i) - B A||_F / ||mean(B_i A_i)||_F per round; for fedit / ffa the products "
         "travel only for this (d_out x d_in per adapted module and client rank)",
     )
+    lora_modules_to_save: str | None = _f(
+        None,
+        "comma-separated modules that train whole and travel beside the adapters (peft's modules_to_save; the "
+        "classifier always does), e.g. pooler: the embedded MiniLM's [CLS] pooler was never trained",
+    )
     lora_target_modules: str | None = _f(
         None, "comma-separated module names to adapt, or all-linear (peft's); unset: the architecture's default"
     )
@@ -156,6 +161,27 @@ class Config:
     )
     trim_ratio: float = _f(
         0.1, "aggregation=trimmed_mean: share cut from each end per coordinate", lo=0, hi=0.5, open_hi=True
+    )
+    # client-level differential privacy (DP-FedAvg, McMahan et al. 2018)
+    dp_clip: float | None = _f(
+        None, "DP: clip each client's update to this L2 norm; unset: no DP", lo=0, hi=1e6, open_lo=True
+    )
+    dp_noise_multiplier: float = _f(1.0, "DP: noise std on the sum = dp_noise_multiplier * dp_clip", lo=0, hi=1e3)
+    dp_noise_placement: str = _f(
+        "server",
+        "DP: server (rank 0 adds the noise) or clients (each sampled client adds its share)",
+        ("server", "clients"),
+    )
+    dp_delta: float | None = _f(
+        None,
+        "DP: delta of the (epsilon, delta) reported; unset: 1/num_clients^1.1",
+        lo=0,
+        hi=1,
+        open_lo=True,
+        open_hi=True,
+    )
+    dp_target_epsilon: float | None = _f(
+        None, "DP: stop cleanly (final checkpoint) before a round that would spend more", lo=0, hi=1e6, open_lo=True
     )
     # knowledge distillation (scheme=fedkdlora and `fl pretrain-teacher`)
     teacher_model: str = _f("embedded", "pretrain-teacher: hub name or folder the teacher is fine-tuned from")
@@ -225,6 +251,11 @@ class Config:
     )
     precision: str = _f("fp32", "local training: fp32, or autocast to bf16 / fp16 (fp16 with a GradScaler)", PRECISIONS)
     num_threads: int | None = _f(None, "torch CPU threads per process; unset: cores / busy ranks", lo=1, hi=1024)
+    log_to: str = _f(
+        "none",
+        "track every round's record on rank 0: tensorboard (<run>/tensorboard) or wandb",
+        ("none", "tensorboard", "wandb"),
+    )
     output_dir: str = _f("results", "folder that receives <run_name>/")
     run_name: str | None = _f(None, "subfolder of output_dir; unset: <scheme>-<task>-seed<seed>")
     save_model: bool = _f(True, "save the final global model (adapter/ or model/)")
@@ -256,6 +287,7 @@ class Config:
                 "sample at most every client"
             )
         self.check_lora_aggregation()
+        self.check_privacy()
         for key in ("model", "teacher_model", "output_dir", "text_column", "label_column"):
             if not str(getattr(self, key)).strip():
                 raise ConfigError(f"{key} is empty; give a value (see `fl run --help`)")
@@ -288,6 +320,30 @@ class Config:
                 parse_ranks(self.lora_ranks, self.num_clients, self.lora_r)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_clip is not None
+
+    def check_privacy(self) -> None:
+        if not self.dp:
+            for key in ("dp_target_epsilon", "dp_delta"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"{key} needs DP: set dp_clip=<L2 bound> (e.g. 1.0)")
+            return
+        if self.aggregation != "mean":
+            raise ConfigError(
+                f"dp_clip with aggregation={self.aggregation}: DP-FedAvg noises a sum; use aggregation=mean"
+            )
+        if self.scheme == "fedkdlora" and self.kd_placement == "clients":
+            raise ConfigError(
+                "dp_clip with kd_placement=clients: the clients' logits would leave them unclipped and un-noised; "
+                "use kd_placement=server (the teacher then learns from the noised global model and public data)"
+            )
+        if self.scaffold:
+            raise ConfigError("dp_clip with scaffold=true: the control variates would leave the clients un-noised")
+        if self.lora_aggregation in ("fedex", "flex"):
+            raise ConfigError(f"dp_clip with lora_aggregation={self.lora_aggregation}: its products travel un-noised")
 
     def server_beta_pair(self) -> tuple[float, float]:
         """server_betas as (beta1, beta2), each in [0, 1)."""

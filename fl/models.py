@@ -135,6 +135,7 @@ class LoraSpec:
     targets: str | None  # comma-separated names, "all-linear", or None for the architecture's default
     seed: int
     freeze_a: bool = False  # FFA-LoRA: A stays at its seeded initialisation and does not travel
+    modules_to_save: str | None = None  # comma-separated modules that train whole (the head always does)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,10 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, cfg: Config, lora: bool, freeze_a: bool = False) -> ModelSpec:
-        spec = LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, cfg.seed, freeze_a)
+        spec = LoraSpec(
+            cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, cfg.seed, freeze_a,
+            cfg.lora_modules_to_save,
+        )  # fmt: skip
         source = (cfg.teacher_ckpt or "") if cfg.student_layers else cfg.model
         return cls(source, cfg.student_layers, cfg.kd_attention_weight > 0, cfg.seed, spec if lora else None)
 
@@ -177,9 +181,16 @@ def wrap_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
         if missing:
             raise ConfigError(f"lora_target_modules {missing} name no module of this model; check the names")
     torch.manual_seed(spec.seed)  # LoRA A init, identical on every rank
+    save = [m.strip() for m in spec.modules_to_save.split(",") if m.strip()] if spec.modules_to_save else None
+    if save:
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [m for m in save if m not in names]
+        if missing:
+            raise ConfigError(f"lora_modules_to_save {missing} name no module of this model; check the names")
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets
-    )
+        task_type=TaskType.SEQ_CLS, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+        modules_to_save=save,
+    )  # fmt: skip
     try:
         model = get_peft_model(model, lora)
     except ValueError as err:  # e.g. a module type peft cannot adapt

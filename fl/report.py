@@ -20,8 +20,17 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from fl.config import ConfigError
 
@@ -169,6 +178,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+class RateColumn(ProgressColumn):
+    """Examples per second: measured by rich on the local-training bar, the last round's on the rounds bar."""
+
+    def render(self, task: Any) -> Text:
+        rate = task.fields.get("rate") if task.fields.get("rate") is not None else task.speed
+        return Text(f"{rate:,.0f} ex/s" if rate else "", style="progress.data.speed")
+
+
 class Reporter:
     """Rank 0's console and results file. `enabled=False` makes every call a no-op (other ranks)."""
 
@@ -180,6 +197,7 @@ class Reporter:
         self.progress: Progress | None = None
         self._round_task = self._step_task = None
         self.doc: dict[str, Any] = {}
+        self.tracker: Any = None  # fl.tracking: TensorBoard / W&B, on rank 0
 
     # ---- lines and tables --------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -212,28 +230,34 @@ class Reporter:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            RateColumn(),
             TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),  # for the rounds bar: an estimate of the time left for the run
             console=self.console,
         )
         self.progress.start()
-        self._round_task = self.progress.add_task("rounds", total=rounds)
-        self._step_task = self.progress.add_task("local steps", total=None, visible=False)
+        self._round_task = self.progress.add_task("rounds", total=rounds, rate=None)
+        self._step_task = self.progress.add_task("local examples", total=None, visible=False, rate=None)
 
-    def round_started(self, round_idx: int, local_steps: int | None) -> None:
-        """local_steps: steps this process will train this round (None when others train)."""
-        if self.progress is not None and local_steps:
+    def round_started(self, round_idx: int, local_examples: int | None) -> None:
+        """local_examples: examples this process will train on this round (None when others train)."""
+        if self.progress is not None and local_examples:
             self.progress.reset(
-                self._step_task, total=local_steps, visible=True, description=f"round {round_idx} local steps"
+                self._step_task, total=local_examples, visible=True, description=f"round {round_idx} local examples"
             )
 
-    def step(self) -> None:
+    def step(self, examples: int = 1) -> None:
         if self.progress is not None:
-            self.progress.advance(self._step_task)
+            self.progress.advance(self._step_task, examples)
 
     def stop(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
     # ---- results -----------------------------------------------------------------------------
     def begin(self, config: dict[str, Any], env: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -245,8 +269,12 @@ class Reporter:
             return
         self.doc["rounds"].append(rec)
         self.save()
+        if self.tracker is not None:
+            self.tracker.log(rec)
         if self.progress is not None and rec["round"] > 0:
-            self.progress.advance(self._round_task)
+            seen, busy = rec.get("examples_trained"), rec.get("time_train_s")
+            rate = seen / busy if seen and busy else None
+            self.progress.update(self._round_task, advance=1, rate=rate)
         parts = [f"{k}={_fmt(rec.get(k))}" for k in ROUND_COLUMNS if k in rec and k != "round"]
         self.log(f"round {rec['round']}: " + "  ".join(parts))
 

@@ -15,6 +15,7 @@ from fl.config import Config, ConfigError
 from fl.report import check_output_dir, clear_run_outputs
 from fl.server import Federation
 from fl.setup import Setup, prepare, restore
+from fl.tracking import check_available
 
 
 class RunStopped(RuntimeError):
@@ -78,6 +79,7 @@ def set_up(cfg: Config, rt: comm.Runtime) -> tuple[Setup, int, list[dict]]:
         s = prepare(cfg, rt)
         if rt.is_main:  # every check that reads comes before the first write (the run folder)
             first_round, records = restore(cfg, s, find_resume_point(cfg))
+            check_available(cfg.log_to)
             check_output_dir(cfg.run_dir, resume=cfg.resume != "false", overwrite=cfg.overwrite)
             if cfg.overwrite and s.resumed_from is None:
                 clear_run_outputs(cfg.run_dir)

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from fl import comm, models
+from fl import comm, models, privacy
 from fl.checkpoint import save_checkpoint
-from fl.client import KDTargets, LocalSchedule, client_seed, metrics_from_logits, predict, train_local, train_steps
+from fl.client import KDTargets, LocalSchedule, client_seed, metrics_from_logits, predict, train_local
 from fl.config import Config, parse_fault
 from fl.data import encode
 from fl.message import Message
@@ -35,6 +35,7 @@ from fl.report import (
 )
 from fl.setup import Setup, eval_rows, owners, snapshot
 from fl.strategies import ClientUpdate, RoundPlan, round_stats, update_problem
+from fl.tracking import open_tracker
 
 
 def fault_hits(spec: str | None, kind: str, who: int, round_idx: int) -> bool:
@@ -76,8 +77,26 @@ class Federation:
         self.start()
         for r in range(self.first_round, self.cfg.rounds + 1):
             self.progress["round"] = r
+            if self.over_budget(r):
+                break
             self.play_round(r)
         return self.finish()
+
+    def over_budget(self, r: int) -> bool:
+        """DP: would round r spend more than dp_target_epsilon? Then stop here, cleanly: the last
+        finished round is checkpointed and the model exported. Every rank decides alike."""
+        dp = self.strategy.dp
+        if dp is None or dp.target_epsilon is None:
+            return False
+        eps = privacy.Accountant(dp.noise_multiplier, dp.rate).epsilon(dp.delta, r)
+        if eps <= dp.target_epsilon:
+            return False
+        reason = f"round {r} would spend epsilon {eps:.3f} > dp_target_epsilon={dp.target_epsilon}"
+        self.reporter.log(f"stopping before round {r}: {reason}")
+        self.reporter.doc["stopped_early"] = reason
+        if r > 1:
+            self.checkpoint(r - 1, force=True)
+        return True
 
     def play_round(self, r: int) -> None:
         """One round, as the module docstring draws it."""
@@ -92,7 +111,7 @@ class Federation:
         down = self.send_down(r + 1)
         record = {
             "round": r,
-            **round_stats(sums, plan),
+            **round_stats(sums, plan, private=self.strategy.dp is not None),
             **self.byte_counts(plan, up["bytes"], down["bytes"]),
             **timing,
             "time_comm_s": up["s"] + down["s"],
@@ -118,11 +137,10 @@ class Federation:
         t0 = time.perf_counter()
         template = self.strategy.upload_template(self.global_state, plan, self.s.task.num_labels)
         mine = [c for c in plan.clients if c in self.encoded]
-        steps = sum(train_steps(len(self.encoded[c]), self.cfg.batch_size, self.cfg.local_epochs) for c in mine)
-        self.reporter.round_started(plan.round, steps)
+        self.reporter.round_started(plan.round, sum(len(self.encoded[c]) for c in mine) * self.cfg.local_epochs)
         total: Message | dict[int, Message] = {} if self.strategy.gathers else template.zeros()
         for c in mine:
-            msg = self.strategy.client_message(template, self.train_one(c, plan))
+            msg = self.strategy.client_message(template, self.train_one(c, plan), plan)
             if isinstance(total, dict):
                 total[c] = msg
             else:
@@ -202,10 +220,14 @@ class Federation:
         t0 = time.perf_counter()
         lora = self.strategy.lora
         extra: dict[str, Any] = {}
-        if sums.scalars["accepted"] > 0:
-            self.global_state = self.strategy.next_global(self.global_state, sums, individual)
+        if sums.scalars["accepted"] > 0 or self.strategy.dp is not None:  # DP: every round is noised
+            self.global_state = self.strategy.next_global(self.global_state, sums, individual, plan)
             if lora is not None and lora.last_error is not None:
                 extra["aggregation_error"] = lora.last_error
+        if self.strategy.dp is not None:
+            dp = self.strategy.dp
+            extra["dp_epsilon"] = privacy.Accountant(dp.noise_multiplier, dp.rate).epsilon(dp.delta, plan.round)
+            extra["dp_delta"] = dp.delta
         else:
             self.reporter.log(f"round {plan.round}: every client update was rejected; the global model stays as it was")
         self.load_global()
@@ -277,11 +299,13 @@ class Federation:
         record["time_s"] = time.perf_counter() - t0 if t0 is not None else 0.0
         self.reporter.record(record)
 
-    def checkpoint(self, r: int) -> None:
+    def checkpoint(self, r: int, force: bool = False) -> None:
         """Every piece of state that the next round needs, when one is due (rank 0 writes)."""
         cfg = self.cfg
-        if not cfg.checkpoint_every or not (r % cfg.checkpoint_every == 0 or r == cfg.rounds):
+        due = cfg.checkpoint_every and (r % cfg.checkpoint_every == 0 or r == cfg.rounds)
+        if not (due or force) or (force and self.progress.get("checkpointed") == r):
             return
+        self.progress["checkpointed"] = r
         controls = self.gather_client_controls() if self.strategy.scaffold else {}
         if not self.rt.is_main:
             return
@@ -385,3 +409,5 @@ class Federation:
             },
         )
         self.reporter.doc["rounds"] = self.records
+        if rt.is_main:
+            self.reporter.tracker = open_tracker(cfg.log_to, cfg.run_dir, cfg.to_dict())

@@ -100,6 +100,7 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
             f"launch with --nproc_per_node={cfg.num_clients + 1} or fewer, or raise num_clients"
         )
     strategy = build_strategy(cfg)
+    check_privacy_budget(strategy)
     task = load_task(cfg)
     public, private = public_split(len(task.train), cfg.teacher_data_pct)
     private_labels = [task.train.labels[i] for i in private]
@@ -121,6 +122,21 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
         teacher = TeacherServer.load(cfg, task, len(public), tokenizer, rt.device)
     mine = clients_of_rank(rt.rank, rt.world_size, cfg.num_clients)
     return Setup(rt, strategy, task, shards, len(public), model, tokenizer, path, mine, teacher)
+
+
+def check_privacy_budget(strategy: Strategy) -> None:
+    """A target epsilon that one round already exceeds leaves nothing to run."""
+    dp = strategy.dp
+    if dp is None or dp.target_epsilon is None:
+        return
+    from fl.privacy import Accountant
+
+    first = Accountant(dp.noise_multiplier, dp.rate).epsilon(dp.delta, 1)
+    if first > dp.target_epsilon:
+        raise ConfigError(
+            f"dp_target_epsilon={dp.target_epsilon} is spent before round 1 (one round costs epsilon {first:.3f} at "
+            f"dp_noise_multiplier={dp.noise_multiplier}, sampling rate {dp.rate:g}); raise the target or the noise"
+        )
 
 
 def restore(cfg: Config, s: Setup, path: Path | None) -> tuple[int, list[dict[str, Any]]]:

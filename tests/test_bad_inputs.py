@@ -151,6 +151,17 @@ CATALOGUE = [
     ("csv-missing-label-field", None, ["train_file={nolabelfield_csv}"], "row 2 has an empty label"),
     ("csv-empty-text", None, ["train_file={emptytext_csv}"], "row 2 has an empty text"),
     ("csv-field-too-large", None, ["train_file={bigfield_csv}"], "row 1 has a text of 1,000,001 characters"),
+    # differential privacy
+    ("dp-negative-clip", None, ["dp_clip=-1"], "dp_clip=-1.0 is out of range"),
+    ("dp-with-median", None, ["dp_clip=1", "aggregation=median"], "DP-FedAvg noises a sum; use aggregation=mean"),
+    ("dp-with-scaffold", None, ["dp_clip=1", "scaffold=true"], "control variates would leave the clients un-noised"),
+    ("dp-target-without-dp", None, ["dp_target_epsilon=8"], "dp_target_epsilon needs DP: set dp_clip"),
+    (
+        "dp-budget-before-round-1",
+        None,
+        ["dp_clip=1", "dp_noise_multiplier=0.3", "dp_target_epsilon=0.01"],
+        "dp_target_epsilon=0.01 is spent before round 1",
+    ),  # fmt: skip
     # run folders and checkpoints
     ("existing-run-folder", None, ["prepare=finished"], "already holds a run (results.json"),
     ("resume-fewer-rounds", None, ["prepare=finished", "resume=true", "rounds=1"], "has finished round 2 and rounds=1"),

@@ -16,7 +16,8 @@ def test_schemes_quick(tmp_path, tiny_model_dir):
     path = schemes.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
     doc = json.loads(path.with_suffix(".json").read_text())
     assert set(doc["results"]) == {"FedAvg", "FedLoRA", "FedKDLoRA (server KD)", "FedKDLoRA (client KD)",
-                                   "Centralized (1 client, FedLoRA)"}  # fmt: skip
+                                   "Centralized (1 client, FedLoRA)",
+                                   "Centralized full fine-tuning (1 client, FedAvg)"}  # fmt: skip
     assert (tmp_path / "rotten_tomatoes-schemes-quick.png").stat().st_size > 0
     assert "machine:" in path.read_text() and "python -m bench.schemes" in path.read_text()
     before = path.read_text()
@@ -64,3 +65,63 @@ def test_scaling_quick(tmp_path, tiny_model_dir):
     doc = json.loads(path.with_suffix(".json").read_text())
     assert set(doc["runs"]) == {"2", "4"}
     assert all(len(r["peak_memory_per_rank"]) == 3 for r in doc["runs"].values())
+
+
+def test_algorithms_quick(tmp_path, tiny_model_dir):
+    from bench import algorithms
+
+    if not GLUE.is_dir():
+        pytest.skip("../shared/data/glue not present")
+    path = algorithms.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert set(doc["results"]) == {label for label, _ in algorithms.ALGORITHMS}
+    assert (tmp_path / "algorithms-quick.png").stat().st_size > 0
+    for res in doc["results"].values():
+        assert all(len(r["sampled_clients"]) == 4 for r in res["rounds"][1:])
+
+
+def test_cola_sweep_quick(tmp_path, tiny_model_dir):
+    from bench import cola_sweep
+
+    if not GLUE.is_dir():
+        pytest.skip("../shared/data/glue not present")
+    path = cola_sweep.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert sum(k.startswith("3: federated") for k in doc["results"]) == 2
+    assert len(doc["results"]) == len(cola_sweep.STAGE1) + 3 + 2
+
+
+def test_lora_aggregation_quick(tmp_path, tiny_model_dir):
+    from bench import lora_aggregation
+
+    if not GLUE.is_dir():
+        pytest.skip("../shared/data/glue not present")
+    path = lora_aggregation.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert len(doc["results"]) == 2 * len(lora_aggregation.MODES) + 1
+    assert (tmp_path / "lora-aggregation-quick-sst2.png").stat().st_size > 0
+
+
+def test_privacy_quick(tmp_path, tiny_model_dir):
+    from bench import privacy
+
+    if not GLUE.is_dir():
+        pytest.skip("../shared/data/glue not present")
+    path = privacy.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--nproc", "1"])
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert list(doc["results"]) == ["no DP (epsilon = inf)", "epsilon 8", "epsilon 2"]
+    eps = [r["rounds"][-1].get("dp_epsilon") for r in doc["results"].values()]
+    assert eps[0] is None and eps[1] == pytest.approx(8, rel=1e-2) and eps[2] == pytest.approx(2, rel=1e-2)
+
+
+def test_gpu_bench_quick_runs_on_any_device(tmp_path, tiny_model_dir):
+    from bench import gpu
+
+    if not GLUE.is_dir():
+        pytest.skip("../shared/data/glue not present")
+    path = gpu.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    doc = json.loads(path.with_suffix(".json").read_text())
+    speed = doc["client_speed"]["minilm"]["examples_per_s"]
+    assert set(speed) == {"fl", "fl_bf16", "plain"} and min(speed.values()) > 0
+    assert set(doc["round_times"]) == {"1", "2"} and "gloo" in doc["collectives"]
+    assert doc["collectives"]["gloo"]["broadcast"] > 0

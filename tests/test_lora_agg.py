@@ -41,8 +41,8 @@ def aggregate(mode: str, glob: dict, sent: list, frozen: dict | None = None, bas
         start = s.client_start(c, glob)
         delta = {k: end[k] - start[k] for k in glob}
         u = ClientUpdate(c, n, delta, loss_sum=0.0, seen=n, products=s.lora.client_products(end))
-        sums.add_(s.client_message(template, u))
-    return s, s.next_global(glob, sums, None)
+        sums.add_(s.client_message(template, u, plan))
+    return s, s.next_global(glob, sums, None, plan)
 
 
 def mean_products(sent: list, frozen: dict | None = None) -> torch.Tensor:

@@ -122,11 +122,11 @@ def test_strategy_weighted_mean_and_server_step_from_messages():
     template = s.upload_template(glob, plan, num_labels=2)
     total = template.zeros()
     for u in (_update(0, 1, 1.0), _update(1, 3, 3.0)):
-        total.add_(s.client_message(template, u))
+        total.add_(s.client_message(template, u, plan))
     bad = _update(2, 5, 0.0)
     bad.reject = 1
-    total.add_(s.client_message(template, bad))
-    new = s.next_global(glob, total, None)
+    total.add_(s.client_message(template, bad, plan))
+    new = s.next_global(glob, total, None, plan)
     assert new["w"].tolist() == [1.0 + 2.5, 1.0 + 2.5]  # (1*1 + 3*3) / 4 added to the global state
     stats = round_stats(total, plan)
     assert stats["num_examples"] == 4 and stats["rejected_clients"] == {"2": "non-finite values"}
@@ -139,12 +139,13 @@ def test_strategy_median_uses_individual_updates():
     glob = {"w": T([0.0, 0.0])}
     template = s.upload_template(glob, plan, num_labels=2)
     msgs = {
-        u.client: s.client_message(template, u) for u in (_update(0, 1, 1.0), _update(1, 1, 2.0), _update(2, 9, 90.0))
+        u.client: s.client_message(template, u, plan)
+        for u in (_update(0, 1, 1.0), _update(1, 1, 2.0), _update(2, 9, 90.0))
     }
     sums = template.zeros()
     for m in msgs.values():
         sums.add_(m)
-    assert s.next_global(glob, sums, msgs)["w"].tolist() == [2.0, 2.0]
+    assert s.next_global(glob, sums, msgs, plan)["w"].tolist() == [2.0, 2.0]
 
 
 def test_update_problem_codes():

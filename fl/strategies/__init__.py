@@ -3,6 +3,7 @@ rules, server optimizers, client-side terms, and FedKDLoRA's teacher. Build one 
 
 from __future__ import annotations
 
+from fl import privacy
 from fl.config import Config
 from fl.strategies.aggregate import State, Update, accumulate, finalize, weighted_average
 from fl.strategies.lora_agg import LoraAggregator, parse_ranks
@@ -21,8 +22,15 @@ def build_strategy(cfg: Config) -> Strategy:
     lora = None
     if TRAINABLE[cfg.scheme] == "lora":
         ranks = parse_ranks(cfg.lora_ranks, cfg.num_clients, cfg.lora_r) if cfg.lora_ranks else None
+        # under DP the products that measure the aggregation error would travel un-noised: they stay home
         lora = LoraAggregator(cfg.lora_aggregation, rank=cfg.lora_r, client_ranks=ranks,
-                              measure_error=cfg.aggregation_error)  # fmt: skip
+                              measure_error=cfg.aggregation_error and not cfg.dp)  # fmt: skip
+    dp = None
+    if cfg.dp_clip is not None:
+        rate = (cfg.clients_per_round or cfg.num_clients) / cfg.num_clients
+        delta = cfg.dp_delta if cfg.dp_delta is not None else privacy.default_delta(cfg.num_clients)
+        dp = privacy.PrivacySettings(cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_noise_placement, rate,
+                                     cfg.num_clients, delta, cfg.dp_target_epsilon)  # fmt: skip
     return Strategy(
         trainable=TRAINABLE[cfg.scheme],
         num_clients=cfg.num_clients,
@@ -40,6 +48,7 @@ def build_strategy(cfg: Config) -> Strategy:
         kd_on_clients=kd and cfg.kd_placement == "clients",
         kd_public_examples=cfg.kd_public_examples,
         lora=lora,
+        dp=dp,
     )
 
 

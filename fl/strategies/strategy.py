@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fl import privacy
 from fl.message import Message
 from fl.strategies.aggregate import State, coordinate_median, trimmed_mean
 from fl.strategies.local import (
@@ -107,6 +108,7 @@ class Strategy:
     kd_on_clients: bool = False
     kd_public_examples: int | None = None
     lora: LoraAggregator | None = None  # LoRA aggregation mode (fedit, ffa, fedex, flex)
+    dp: privacy.PrivacySettings | None = None  # client-level DP (DP-FedAvg)
     control: State = field(default_factory=dict)  # SCAFFOLD's c (every rank, from the downlink)
     client_controls: dict[int, State] = field(default_factory=dict)  # SCAFFOLD's c_i, on the client's rank
 
@@ -117,7 +119,10 @@ class Strategy:
 
     # ---- the plan ---------------------------------------------------------------------------
     def plan_round(self, round_idx: int, public_size: int) -> RoundPlan:
-        clients = sample_clients(self.num_clients, self.clients_per_round, self.seed, round_idx)
+        if self.dp is not None:  # the accountant assumes Poisson sampling
+            clients = privacy.poisson_sample(self.num_clients, self.dp.rate, self.seed, round_idx)
+        else:
+            clients = sample_clients(self.num_clients, self.clients_per_round, self.seed, round_idx)
         lr = self.lr * self.round_lr_decay ** (round_idx - 1)
         rows = public_rows(self.seed, round_idx, public_size, self.kd_public_examples) if self.kd else []
         return RoundPlan(round_idx, clients, lr, tuple(rows))
@@ -181,13 +186,18 @@ class Strategy:
             scalars.update({f"c{c}.{k}": 0.0 for k in ("examples", "loss_sum", "seen", "reject", "norm")})
         return Message(parts, scalars)
 
-    def client_message(self, template: Message, u: ClientUpdate) -> Message:
-        """One client's contribution: weighted by its examples (summed mode) or as it is (gathered mode)."""
+    def client_message(self, template: Message, u: ClientUpdate, plan: RoundPlan) -> Message:
+        """One client's contribution: weighted by its examples (summed mode) or as it is (gathered
+        mode); under DP clipped, weighted 1, with its share of the noise, and no per-client statistics."""
         msg = template.zeros()
         stats = {"examples": u.num_examples, "loss_sum": u.loss_sum, "seen": u.seen, "reject": u.reject, "norm": u.norm}
+        if self.dp is not None:  # statistics about one client's data do not leave its rank under DP
+            stats = {"examples": 0, "loss_sum": 0.0, "seen": 0, "reject": u.reject, "norm": 0.0}
         msg.scalars.update({f"c{u.client}.{k}": float(v) for k, v in stats.items()})
         if u.reject:
             return msg
+        if self.dp is not None:
+            return self._private_message(msg, u, plan)
         weight = float(u.num_examples)
         alpha = 1.0 if self.gathers else weight
         for k in msg.parts["delta"]:
@@ -203,11 +213,44 @@ class Strategy:
         msg.scalars["weight"], msg.scalars["accepted"] = weight, 1.0
         return msg
 
+    def _private_message(self, msg: Message, u: ClientUpdate, plan: RoundPlan) -> Message:
+        """DP-FedAvg's client part: clip to dp_clip, weight 1, add this client's noise share."""
+        dp = self.dp
+        assert dp is not None
+        clipped, _ = privacy.clip(u.delta, dp.clip)
+        if dp.placement == "clients":
+            share = privacy.gaussian(
+                clipped, dp.client_noise_std(len(plan.clients)), privacy.noise_seed(self.seed, plan.round, u.client)
+            )
+            clipped = {k: v + share[k] for k, v in clipped.items()}
+        for k in msg.parts["delta"]:
+            msg.parts["delta"][k].add_(clipped[k])
+        msg.scalars["weight"], msg.scalars["accepted"] = 1.0, 1.0
+        return msg
+
+    def private_mean(self, sums: Message, plan: RoundPlan) -> State:
+        """DP-FedAvg's server part: (sum of clipped updates + noise) / (q N). The server draws the noise
+        in server placement, and in client placement when no client was sampled (so every round is noised)."""
+        dp = self.dp
+        assert dp is not None
+        total = dict(sums.parts["delta"])
+        if dp.placement == "server" or not plan.clients:
+            noise = privacy.gaussian(
+                total, dp.noise_multiplier * dp.clip, privacy.noise_seed(self.seed, plan.round, None)
+            )
+            total = {k: v + noise[k] for k, v in total.items()}
+        return {k: v / dp.denominator for k, v in total.items()}
+
     # ---- the server part --------------------------------------------------------------------
-    def next_global(self, global_state: State, sums: Message, individual: dict[int, Message] | None) -> State:
+    def next_global(
+        self, global_state: State, sums: Message, individual: dict[int, Message] | None, plan: RoundPlan
+    ) -> State:
         """Combine the clients' updates into the pseudo-gradient, step the server optimizer, update
-        SCAFFOLD's c. The caller keeps the global state when no update was accepted."""
-        if self.gathers:
+        SCAFFOLD's c. The caller keeps the global state when no update was accepted (except under DP,
+        where every round releases a noised update)."""
+        if self.dp is not None:
+            delta = self.private_mean(sums, plan)
+        elif self.gathers:
             deltas = [m.parts["delta"] for c, m in sorted((individual or {}).items()) if m.scalars["accepted"] > 0]
             combine = coordinate_median if self.aggregation == "median" else lambda s: trimmed_mean(s, self.trim_ratio)
             delta = combine(deltas)
@@ -215,7 +258,7 @@ class Strategy:
             delta = {k: v / sums.scalars["weight"] for k, v in sums.parts["delta"].items()}
         if set(delta) != set(global_state):  # flex: A and B travel as products, not as changes
             delta = {k: delta.get(k, torch.zeros_like(v)) for k, v in global_state.items()}
-        if self.server_opt.is_plain_fedavg and not self.gathers:
+        if self.server_opt.is_plain_fedavg and not self.gathers and self.dp is None:
             new = {k: global_state[k] + delta[k] for k in global_state}
             self.server_opt.steps += 1
         else:
@@ -247,8 +290,9 @@ class Strategy:
             self.lora.base = base
 
 
-def round_stats(sums: Message, plan: RoundPlan) -> dict:
-    """The round's record entries that come from the clients' scalars."""
+def round_stats(sums: Message, plan: RoundPlan, private: bool = False) -> dict:
+    """The round's record entries that come from the clients' scalars (under DP, per-client
+    statistics stay on their ranks: only acceptance is known)."""
     s = sums.scalars
     accepted = [c for c in plan.clients if not round(s[f"c{c}.reject"])]
     loss = sum(s[f"c{c}.loss_sum"] for c in accepted)  # the clients whose updates count
@@ -261,7 +305,9 @@ def round_stats(sums: Message, plan: RoundPlan) -> dict:
             rejected[str(c)] = REJECT_REASONS[code] + (f" ({norm:.4g})" if code == 2 else "")
     return {
         "train_loss": loss / seen if seen else None,
-        "num_examples": int(sum(s[f"c{c}.examples"] for c in accepted)),
+        "num_examples": None if private else int(sum(s[f"c{c}.examples"] for c in accepted)),
+        "accepted_clients": len(accepted),
+        "examples_trained": None if private else int(sum(s[f"c{c}.seen"] for c in plan.clients)),
         "sampled_clients": list(plan.clients),
         "rejected_clients": rejected,
         "client_train_loss": {
