@@ -38,6 +38,10 @@ def run(cfg: Config) -> dict[str, Any] | None:
         doc = fed.run()
         fed.reporter.finish(time.perf_counter() - start)
     except BaseException as err:
+        # the job is stopping: a second signal (torchrun SIGTERMs every rank when one dies) must not
+        # interrupt the stop itself, which records why in results.json
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         comm.shutdown(clean=False)  # peers may be gone: no barrier
         if fed is not None and (isinstance(err, RunStopped | KeyboardInterrupt) or comm.is_comm_failure(err)):
             raise stopped(cfg, fed, err, start) from None
