@@ -14,6 +14,7 @@ barrier, so the record tells waiting (training, scoring) from communication.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -70,6 +71,10 @@ class Federation:
         resumed = Path(s.resumed_from) if s.resumed_from else None
         self.written = [resumed] if resumed and resumed.parent == cfg.run_dir / "checkpoints" else []
         self.records = records
+        self.local_schedule = LocalSchedule(
+            cfg.lr, cfg.local_epochs, cfg.batch_size, cfg.weight_decay, cfg.lr_scheduler,
+            cfg.warmup_steps, cfg.warmup_ratio, cfg.head_lr, cfg.precision,
+        )  # fmt: skip
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
@@ -183,11 +188,8 @@ class Federation:
         return u
 
     def schedule(self, lr: float) -> LocalSchedule:
-        cfg = self.cfg
-        return LocalSchedule(
-            lr, cfg.local_epochs, cfg.batch_size, cfg.weight_decay, cfg.lr_scheduler,
-            cfg.warmup_steps, cfg.warmup_ratio, cfg.head_lr, cfg.precision,
-        )  # fmt: skip
+        """The round's local schedule: the run's, at the round's learning rate."""
+        return dataclasses.replace(self.local_schedule, lr=lr)
 
     def wait_for_clients(self) -> float:
         """Rank 0 waits here while the client ranks train (0 in simulation)."""
