@@ -226,12 +226,12 @@ class Federation:
             self.global_state = self.strategy.next_global(self.global_state, sums, individual, plan)
             if lora is not None and lora.last_error is not None:
                 extra["aggregation_error"] = lora.last_error
+        else:
+            self.reporter.log(f"round {plan.round}: every client update was rejected; the global model stays as it was")
         if self.strategy.dp is not None:
             dp = self.strategy.dp
             extra["dp_epsilon"] = privacy.Accountant(dp.noise_multiplier, dp.rate).epsilon(dp.delta, plan.round)
             extra["dp_delta"] = dp.delta
-        else:
-            self.reporter.log(f"round {plan.round}: every client update was rejected; the global model stays as it was")
         self.load_global()
         t1 = time.perf_counter()
         kd: dict[str, float] = {}

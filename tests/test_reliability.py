@@ -89,3 +89,11 @@ def test_every_update_rejected_keeps_the_global_model(tmp_path, tiny_overrides):
     assert doc["rounds"][1]["rejected_clients"]["0"].startswith("update norm above max_update_norm")
     assert doc["rounds"][-1]["test_loss"] == doc["rounds"][0]["test_loss"]
     assert doc["rounds"][-1]["train_loss"] is None
+
+
+def test_the_all_rejected_message_appears_only_when_all_were_rejected(tmp_path, tiny_overrides, capsys):
+    over = [o for o in tiny_overrides if not o.startswith("output_dir")] + [f"output_dir={tmp_path}"]
+    run(load_config(RECIPE, over))
+    assert "every client update was rejected" not in capsys.readouterr().out
+    run(load_config(RECIPE, [*over, "run_name=all", "max_update_norm=1e-12"]))
+    assert capsys.readouterr().out.count("every client update was rejected") == 2  # rounds 1 and 2
