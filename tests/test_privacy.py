@@ -113,3 +113,45 @@ def test_target_epsilon_stops_cleanly_with_a_checkpoint(tmp_path, tiny_overrides
     assert "round 4 would spend epsilon" in doc["stopped_early"]
     assert (tmp_path / "tiny" / "checkpoints" / "round-0003").is_dir()  # not due (every 5), written at the stop
     assert (tmp_path / "tiny" / "adapter").is_dir()
+
+
+@pytest.mark.slow
+def test_dp_with_fedavg_clips_every_weight(tmp_path, tiny_overrides):
+    """Full fine-tuning under DP: the update of every weight is clipped and noised, and the run records epsilon."""
+    from fl.recipe import load_config
+    from fl.run import run
+    from tests.test_server import RECIPE
+
+    over = [o for o in tiny_overrides if not o.startswith(("output_dir", "rounds"))]
+    over += [f"output_dir={tmp_path}", "scheme=fedavg", "lr=1e-3", "rounds=1", "dp_clip=0.1", "dp_noise_multiplier=0"]
+    doc = run(load_config(RECIPE, over))
+    assert doc["rounds"][1]["dp_epsilon"] == math.inf  # no noise: no privacy, and the record says so (null + flag)
+    from transformers import AutoModelForSequenceClassification
+
+    before = AutoModelForSequenceClassification.from_pretrained(doc["model_path"]).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(tmp_path / "tiny" / "model").state_dict()
+    moved = math.sqrt(sum(float(((after[k] - before[k]).double() ** 2).sum()) for k in before if k in after))
+    # the global update is the mean of clipped updates over q N = 4: at most dp_clip in norm
+    assert 0 < moved <= 0.1 + 1e-4
+
+
+@pytest.mark.slow
+def test_dp_with_the_fedkdlora_student(tmp_path, tiny_overrides, tiny_model_dir):
+    """The student's adapter is clipped and noised; the teacher learns on rank 0 from the noised model and
+    public rows; client-placed KD (logits leaving the clients) is refused."""
+    from fl.cli import main
+    from fl.recipe import load_config
+    from fl.run import run
+    from tests.test_server import RECIPE
+
+    kd_recipe = RECIPE.parent / "fedkdlora.yaml"
+    over = [o for o in tiny_overrides if not o.startswith(("output_dir", "rounds"))]
+    over += [f"output_dir={tmp_path}", f"teacher_model={tiny_model_dir}", "teacher_pretrain_epochs=1", "rounds=1",
+             "kd_public_examples=16"]  # fmt: skip
+    assert main(["pretrain-teacher", str(kd_recipe), *over, "run_name=teacher"]) == 0
+    kd = [*over, f"teacher_ckpt={tmp_path / 'teacher' / 'teacher'}", "dp_clip=0.5", "dp_noise_multiplier=1.0",
+          "run_name=kd"]  # fmt: skip
+    doc = run(load_config(kd_recipe, kd))
+    rec = doc["rounds"][1]
+    assert rec["dp_epsilon"] > 0 and "kd_student_loss" in rec and isinstance(rec["teacher_test_accuracy"], float)
+    assert main(["run", str(kd_recipe), *kd, "kd_placement=clients", "run_name=kd2"]) == 2  # logits would leak
