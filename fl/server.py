@@ -109,9 +109,10 @@ class Federation:
             os._exit(17)
         t0 = time.perf_counter()
         plan = self.strategy.plan_round(r, self.s.public_size)
-        upload, train_s = self.train_clients(plan)
+        template = self.strategy.upload_template(self.global_state, plan, self.s.task.num_labels)
+        upload, train_s = self.train_clients(plan, template)
         wait_s = self.wait_for_clients()
-        sums, individual, up = self.collect(plan, upload)
+        sums, individual, up = self.collect(plan, template, upload)
         timing = self.aggregate(plan, sums, individual)
         down = self.send_down(r + 1)
         record = {
@@ -137,10 +138,10 @@ class Federation:
             self.evaluate({**initial, "wire_bytes_down": down["bytes"], "time_comm_s": down["s"]}, 0.0, 0.0, None)
         self.reporter.start(self.cfg.rounds - self.first_round + 1)
 
-    def train_clients(self, plan: RoundPlan) -> tuple[Message | dict[int, Message], float]:
-        """Train this rank's sampled clients; their messages summed (or kept apart when rank 0 gathers)."""
+    def train_clients(self, plan: RoundPlan, template: Message) -> tuple[Message | dict[int, Message], float]:
+        """Train this rank's sampled clients; their messages summed (or kept apart when rank 0 gathers).
+        `template`: zeros with every name the round's upload carries."""
         t0 = time.perf_counter()
-        template = self.strategy.upload_template(self.global_state, plan, self.s.task.num_labels)
         mine = [c for c in plan.clients if c in self.encoded]
         self.reporter.round_started(plan.round, sum(len(self.encoded[c]) for c in mine) * self.cfg.local_epochs)
         total: Message | dict[int, Message] = {} if self.strategy.gathers else template.zeros()
@@ -150,8 +151,6 @@ class Federation:
                 total[c] = msg
             else:
                 total.add_(msg)
-        if isinstance(total, Message) and not mine:
-            total = template.zeros()
         return total, time.perf_counter() - t0
 
     def train_one(self, c: int, plan: RoundPlan) -> ClientUpdate:
@@ -198,12 +197,11 @@ class Federation:
         return time.perf_counter() - t0 if self.rt.distributed else 0.0
 
     def collect(
-        self, plan: RoundPlan, upload: Message | dict[int, Message]
+        self, plan: RoundPlan, template: Message, upload: Message | dict[int, Message]
     ) -> tuple[Message, dict[int, Message] | None, dict[str, float]]:
         """The clients' updates on rank 0: summed by one reduce, or gathered one by one (median,
         trimmed mean), in which case rank 0 forms the same sums itself."""
         t0 = time.perf_counter()
-        template = self.strategy.upload_template(self.global_state, plan, self.s.task.num_labels)
         if isinstance(upload, Message):
             sums, moved = comm.reduce_sum(self.rt, upload)
             individual = None
@@ -372,7 +370,7 @@ class Federation:
         base = sum(v.numel() for v in lora.base.values()) * 4 if lora is not None and lora.base else 0
         products = 0
         if lora is not None and lora.sends_products:
-            products = sum(v.numel() for v in lora.product_template(g).values()) * 4 * self.rt.client_ranks
+            products = lora.product_numel(g) * 4 * self.rt.client_ranks
         return {
             "bytes_up": sum(per_state[c] * control + logits for c in plan.clients),
             "bytes_down": sum(per_state[c] * control + logits + base for c in plan.clients),

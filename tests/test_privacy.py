@@ -147,7 +147,7 @@ def test_dp_with_the_fedkdlora_student(tmp_path, tiny_overrides, tiny_model_dir)
     kd_recipe = RECIPE.parent / "fedkdlora.yaml"
     over = [o for o in tiny_overrides if not o.startswith(("output_dir", "rounds"))]
     over += [f"output_dir={tmp_path}", f"teacher_model={tiny_model_dir}", "teacher_pretrain_epochs=1", "rounds=1",
-             "kd_public_examples=16"]  # fmt: skip
+             "kd_public_examples=16", "student_layers=1"]  # fmt: skip
     assert main(["pretrain-teacher", str(kd_recipe), *over, "run_name=teacher"]) == 0
     kd = [*over, f"teacher_ckpt={tmp_path / 'teacher' / 'teacher'}", "dp_clip=0.5", "dp_noise_multiplier=1.0",
           "run_name=kd"]  # fmt: skip

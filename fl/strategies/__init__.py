@@ -43,7 +43,6 @@ def build_strategy(cfg: Config) -> Strategy:
         server_opt=opt,
         prox_mu=cfg.prox_mu,
         scaffold=cfg.scaffold,
-        max_update_norm=cfg.max_update_norm,
         kd=kd,
         kd_on_clients=kd and cfg.kd_placement == "clients",
         kd_public_examples=cfg.kd_public_examples,

@@ -150,6 +150,11 @@ class LoraAggregator:
         return {m: torch.zeros(full[b].shape[0], full[a].shape[1], device=full[b].device)
                 for m, (a, b) in self.modules.items()}  # fmt: skip
 
+    def product_numel(self, state: State) -> int:
+        """Values of the products part: d_out x d_in per adapted module."""
+        full = {**self.frozen, **state}
+        return sum(full[b].shape[0] * full[a].shape[1] for a, b in self.modules.values())
+
     def client_products(self, end: State) -> State:
         return products({**self.frozen, **end}, self.modules, self.scale)
 

@@ -103,7 +103,6 @@ class Strategy:
     server_opt: ServerOptimizer = field(default_factory=ServerOptimizer)
     prox_mu: float = 0.0
     scaffold: bool = False
-    max_update_norm: float | None = None
     kd: bool = False  # FedKDLoRA
     kd_on_clients: bool = False
     kd_public_examples: int | None = None
