@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fl.config import ConfigError
+from fl.config import Config, ConfigError
 from fl.recipe import describe_keys, load_config
 
 RUN_EPILOG = """\
@@ -96,6 +96,18 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _load_config(recipe: str, overrides: list[str]) -> Config:
+    """load_config; under torchrun every rank meets the same bad config, and they leave together."""
+    try:
+        return load_config(recipe, overrides)
+    except ConfigError:
+        if "WORLD_SIZE" in os.environ:
+            from fl.comm import leave_together
+
+            leave_together()
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
@@ -113,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"exported to {export(args.run, args.merge, args.out)}")
             return 0
-        cfg = load_config(args.recipe, args.overrides)
+        cfg = _load_config(args.recipe, args.overrides)
         if args.command == "pretrain-teacher":
             from fl.pretrain import pretrain_teacher  # heavy imports only once the config is good
 

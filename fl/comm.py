@@ -100,6 +100,21 @@ def init(
     return Runtime(rank, world, local_rank, dev, lay, True, threads, group, lines)
 
 
+def leave_together(timeout_s: float = 60.0) -> None:
+    """Under torchrun, before exiting on an error found ahead of the process group (a bad config, which
+    every rank finds): wait until every rank has found it. torchrun SIGTERMs the ranks still starting
+    as soon as one exits, so without this only the fastest rank would exit 2. Gives up after timeout_s
+    (a rank that did not fail) and never raises: the caller is on its way out."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) < 2 or dist.is_initialized():
+        return
+    try:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - leaving anyway; the error line is what the user needs
+        pass
+
+
 def _device(lay: Layout) -> torch.device:
     return torch.device(lay.device)
 

@@ -32,6 +32,7 @@ def run(cfg: Config) -> dict[str, Any] | None:
     rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s, cfg.server_device, cfg.client_allreduce)
     previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     fed: Federation | None = None
+    s = None
     try:
         s, first_round, records = set_up(cfg, rt)
         fed = Federation(cfg, s, first_round, records)
@@ -42,7 +43,9 @@ def run(cfg: Config) -> dict[str, Any] | None:
         # interrupt the stop itself, which records why in results.json
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
-        comm.shutdown(clean=False)  # peers may be gone: no barrier
+        # a set-up error reaches every rank together (set_up agrees on it): leave together, so that
+        # torchrun does not SIGTERM the others; otherwise peers may be gone: no barrier
+        comm.shutdown(clean=isinstance(err, ConfigError) and s is None)
         if fed is not None and (isinstance(err, RunStopped | KeyboardInterrupt) or comm.is_comm_failure(err)):
             raise stopped(cfg, fed, err, start) from None
         if fed is not None:
