@@ -172,12 +172,13 @@ def render(args: argparse.Namespace, data: dict[str, Any], out: Path, argv: list
         f"teacher is MiniLM-L6 pre-trained on the public slice (teacher test {metric.replace('test_', '')} "
         f"{data['teacher'][-1][metric]:.4f}). Federated runs: "
         + (
-            f"torchrun, {args.nproc} processes (rank 0 + {args.nproc - 1} client ranks); bytes are what rank 0's "
-            "collectives moved per round"
+            f"torchrun, {args.nproc} processes (rank 0 + {args.nproc - 1} client ranks)"
             if args.nproc > 1
-            else "one process; bytes are simulated one client per rank"
+            else "one process"
         )
-        + "; the centralized references run in one process (their bytes: what their one client would move). "
+        + "; bytes per round count one message per participating client (the same in one process and under "
+        "torchrun; the JSON's `wire_bytes_*` hold what the collectives moved between ranks); the centralized "
+        "references run in one process (their bytes: what their one client would move). "
         + (
             f"Every LoRA scheme takes the settings of recipes/{args.task}-fedlora.yaml: "
             f"{' '.join(data['lora_settings'])}. "
