@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, run_torchrun, write_report
+from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
 from fl.plots import plot_rounds
 
 # (label, overrides): the settings were not tuned on this workload; FedAdam and FedProx run at two
@@ -43,9 +43,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--max-train-samples", type=int, default=1600)
     ap.add_argument("--max-eval-samples", type=int, default=None)
     ap.add_argument("--nproc", type=int, default=3, help="processes per run: torchrun when > 1")
-    ap.add_argument("--model", default="embedded")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks the benchmark runs")
-    ap.add_argument("--out", default=str(REPORTS))
+    add_common_args(ap)
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.max_train_samples, args.max_eval_samples = 2, 160, 40

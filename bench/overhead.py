@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import plain
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_torchrun, sst2_shards, write_report
+from bench.common import GLUE, RUNS, add_common_args, md_table, run_torchrun, sst2_shards, write_report
 
 # the consecutive parts of a round on rank 0's clock (time_idle_s runs alongside training, on other ranks):
 # training (rank 0 waits in a barrier for the slowest client rank under torchrun; it trains itself in one
@@ -38,13 +38,15 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-client", type=int, default=500)
     ap.add_argument("--schemes", default="fedlora,fedavg")
-    ap.add_argument("--model", default="embedded", help="model for both loops ('embedded' = MiniLM-L6)")
     ap.add_argument(
         "--workers", type=int, default=2, help="client processes: the plain loop's workers, fl's client ranks"
     )
     ap.add_argument("--all", action="store_true", help="also both in one process (about twice as long)")
-    ap.add_argument("--quick", action="store_true", help="seconds: 1 round, 8 examples per client, 16 test rows")
-    ap.add_argument("--out", default=str(REPORTS))
+    add_common_args(
+        ap,
+        model_help="model for both loops ('embedded' = MiniLM-L6)",
+        quick_help="seconds: 1 round, 8 examples per client, 16 test rows",
+    )
     args = ap.parse_args(argv)
     clients, max_eval = 4, None
     if args.quick:

@@ -22,7 +22,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, REPORTS, RUNS, md_table, measure, run_torchrun, sst2_shards, write_report
+from bench.common import (
+    GLUE,
+    RUNS,
+    add_common_args,
+    md_table,
+    measure,
+    run_torchrun,
+    sst2_shards,
+    write_report,
+)
 
 
 def flower_run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -60,10 +69,12 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--per-client", type=int, default=500)
-    ap.add_argument("--model", default="embedded", help="model of both sides ('embedded' = MiniLM-L6)")
     ap.add_argument("--fl-procs", default="1,3", help="fl variants: 1 = one process, N > 1 = torchrun N procs")
-    ap.add_argument("--quick", action="store_true", help="seconds: 1 round, 8 examples per client, 16 test rows")
-    ap.add_argument("--out", default=str(REPORTS))
+    add_common_args(
+        ap,
+        model_help="model of both sides ('embedded' = MiniLM-L6)",
+        quick_help="seconds: 1 round, 8 examples per client, 16 test rows",
+    )
     args = ap.parse_args(argv)
     import importlib.util
 

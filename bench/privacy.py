@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, run_torchrun, write_report
+from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
 from fl.plots import plot_rounds
 from fl.privacy import Accountant, default_delta
 
@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
         help="FedAvgM's server momentum (0: plain FedAvg); post-processing, so DP costs nothing extra",
     )
     ap.add_argument("--nproc", type=int, default=3)
-    ap.add_argument("--model", default="embedded")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(REPORTS))
+    add_common_args(ap)
     args = ap.parse_args(argv)
     if args.quick:
         args.clients, args.per_round, args.rounds, args.max_train_samples, args.max_eval_samples = 20, 4, 2, 200, 40

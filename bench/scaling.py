@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.common import REPORTS, RUNS, md_table, run_torchrun, write_report
+from bench.common import RUNS, add_common_args, md_table, run_torchrun, write_report
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -18,9 +18,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--clients", default="2,4,8,16,32,64")
     ap.add_argument("--per-client", type=int, default=32, help="training examples per client")
     ap.add_argument("--client-ranks", type=int, default=2)
-    ap.add_argument("--model", default="embedded")
-    ap.add_argument("--quick", action="store_true", help="seconds: 2 and 4 clients, 16 examples each")
-    ap.add_argument("--out", default=str(REPORTS))
+    add_common_args(ap, quick_help="seconds: 2 and 4 clients, 16 examples each")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.clients.split(",")]
     if args.quick:

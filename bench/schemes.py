@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, REPORTS, RUNS, md_table, run_inprocess, run_torchrun, write_report
+from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
 from fl.plots import plot_rounds
 
 SCHEMES = [  # (label, run name, recipe, extra overrides)
@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--max-train-samples", type=int, default=1200, help="train rows before the public split")
     ap.add_argument("--nproc", type=int, default=3, help="processes per federated run: torchrun when > 1")
     ap.add_argument("--max-eval-samples", type=int, default=None, help="default: the whole test split")
-    ap.add_argument("--model", default="embedded", help="model of every scheme and of the teacher")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks the benchmark runs")
-    ap.add_argument("--out", default=str(REPORTS), help="report folder")
+    add_common_args(ap, model_help="model of every scheme and of the teacher")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="extra fl config overrides for every run")
     ap.add_argument("--from-json", metavar="REPORT.json", help="re-render a saved report's md and png; runs nothing")
     args = ap.parse_args(argv)
