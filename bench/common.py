@@ -89,7 +89,7 @@ def measure(cmd: list[str], interval_s: float = 0.25) -> tuple[subprocess.Comple
     library or shared-memory object store is counted once, not once per process."""
     import threading
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     peak, done = [0], threading.Event()

@@ -148,7 +148,7 @@ def collective_bandwidth(args: argparse.Namespace) -> dict[str, Any]:
             script.write_text(COLLECTIVE)
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
                    str(args.message_mb), backend, str(result)]  # fmt: skip
-            env = {**os.environ, "PYTHONPATH": str(root)}
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=600)
             out[backend] = json.loads(result.read_text()) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
     return out

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def test_signal_leaves_valid_results_marked_interrupted(tmp_path, tiny_overrides, sig):
     over = [o for o in tiny_overrides if not o.startswith(("output_dir", "rounds"))]
     over += [f"output_dir={tmp_path}", "rounds=200"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "fl", "run", str(RECIPE), *over], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     results = tmp_path / "tiny" / "results.json"

@@ -39,7 +39,7 @@ ROUND_KEYS = {
 def run_torchrun(nproc: int, overrides: list[str], recipe: Path = RECIPE) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", "fl", "run", str(recipe), *overrides]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     if proc.returncode != 0:  # keep the whole log: torchrun's summary alone hides the cause
         Path("/tmp/fl-torchrun-failure.log").write_text(proc.stdout + proc.stderr)
