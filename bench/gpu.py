@@ -209,7 +209,9 @@ def render(args: argparse.Namespace, data: dict[str, Any], out: Path, argv: list
     body = (
         f"Device: **{data['device']}**. Client speed: one client, {args.rows} SST-2 examples, batch {args.batch_size}, "
         f"max length {args.max_length}, LoRA r8 on query/value + head, AdamW lr 2e-3 weight decay 0, best of "
-        f"{args.repeats} (alternating order). Target: fl / plain >= 0.9.\n\n"
+        f"{args.repeats} (alternating order; the first repeat is a warm-up). Target: fl / plain >= 0.9. Same examples, "
+        "steps and optimizer; fl tokenizes once before the timed loop and batches length-sorted rows, the plain "
+        "loop tokenizes every batch and takes rows in random order.\n\n"
         + md_table(["model", "plain ex/s", "fl ex/s", "fl bf16 ex/s", "fl / plain"], speed_rows)
         + f"\nRound time, FedLoRA, 4 clients, {args.fed_rows} train rows, {args.eval_rows} dev rows, client ranks "
         "sharing the device (torchrun):\n\n"

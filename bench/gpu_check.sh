@@ -11,6 +11,8 @@
 # 2. python -m bench.gpu: fl vs plain examples/s, round time for 1/2/4 client ranks per GPU, collective
 #    bandwidth per backend, peak GPU memory per rank, a BERT-base-sized model; report in <out>/reports.
 # Logs and reports go to <out> (default ./gpu-check); a summary is printed at the end.
+# Needs fl's dependencies in the GPU's python, `datasets` included: an offline image without it can
+# install the wheels of datasets, dill and multiprocess (pip download them where there is a network).
 set -uo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: bash bench/gpu_check.sh <model folder> <GLUE folder> [out folder]" >&2

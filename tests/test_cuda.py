@@ -69,8 +69,9 @@ def test_nccl_relay_with_the_client_rank_owning_the_gpu_matches_gloo(tmp_path, t
 def test_fedkdlora_both_placements_on_the_gpu(tmp_path, tiny_overrides, tiny_model_dir, placement):
     from fl.cli import main
 
+    # the tiny teacher has 2 layers: a 1-layer student (the recipe asks for 3 of MiniLM's 6)
     kd = base(tiny_overrides, tmp_path, "device=cuda", f"teacher_model={tiny_model_dir}", "teacher_pretrain_epochs=1",
-              "kd_public_examples=16")  # fmt: skip
+              "kd_public_examples=16", "student_layers=1")  # fmt: skip
     kd_recipe = str(RECIPE.parent / "fedkdlora.yaml")
     assert main(["pretrain-teacher", kd_recipe, *kd, "run_name=teacher"]) == 0
     proc = run_torchrun(3, [*kd, f"teacher_ckpt={tmp_path / 'teacher' / 'teacher'}", f"kd_placement={placement}",
