@@ -35,19 +35,21 @@ def plot(task: str, results: dict[str, dict[str, Any]], path: Path) -> None:
 
 # the keys a task's own FedLoRA recipe tunes (CoLA: see bench/reports/cola-sweep.md); every LoRA scheme
 # of the comparison takes them, so that the schemes differ in the scheme alone
-TUNED_KEYS = ("lr", "lora_r", "lora_alpha", "lora_target_modules", "lora_modules_to_save", "lr_scheduler",
-              "warmup_ratio", "head_lr", "local_epochs")  # fmt: skip
+TUNED_KEYS = ("lr", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save",
+              "lr_scheduler", "warmup_ratio", "head_lr", "local_epochs")  # fmt: skip
+# and the keys every scheme takes from it (the data order, the arithmetic)
+SHARED_KEYS = ("shuffle_train", "precision")
 
 
-def task_lora_settings(task: str) -> list[str]:
-    """`key=value` of the tuned keys in recipes/<task>-fedlora.yaml (none for tasks without one)."""
+def task_lora_settings(task: str, keys: tuple[str, ...] = TUNED_KEYS) -> list[str]:
+    """`key=value` of `keys` in recipes/<task>-fedlora.yaml (none for tasks without one)."""
     from fl.recipe import load_recipe
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / f"{task}-fedlora.yaml"
     if task == "rotten_tomatoes" or not recipe.is_file():
         return []
     values = load_recipe(recipe)
-    return [f"{k}={values[k]}" for k in TUNED_KEYS if k in values]
+    return [f"{k}={values[k]}" for k in keys if k in values]
 
 
 def with_quick_sizes(args: argparse.Namespace) -> argparse.Namespace:
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> Path:
         common.append(f"max_eval_samples={args.max_eval_samples}")
     if args.quick:
         common += ["max_length=32", "kd_public_examples=16", "teacher_pretrain_epochs=1"]
-    common += args.overrides
+    common += task_lora_settings(args.task, SHARED_KEYS) + args.overrides
 
     from fl.pretrain import pretrain_teacher, teacher_run_dir
     from fl.recipe import load_config

@@ -77,6 +77,11 @@ class Config:
     text_column: str = _f("text", "task=csv|hf: name of the text column")
     text_pair_column: str | None = _f(None, "task=csv|hf: second text of sentence-pair tasks (MRPC, RTE, QNLI)")
     label_column: str = _f("label", "task=csv|hf: name of the label column (ints 0..K-1, or strings)")
+    shuffle_train: bool = _f(
+        False,
+        "shuffle the training rows (seeded by `seed`) before max_train_samples, the public slice and the "
+        "partition: for files ordered by source or label (GLUE CoLA is ordered by source paper)",
+    )
     max_train_samples: int | None = _f(None, "keep only the first N training rows (before the split)", lo=1)
     max_eval_samples: int | None = _f(None, "keep only the first N test rows", lo=1)
     teacher_data_pct: float = _f(

@@ -150,6 +150,10 @@ def load_task(cfg: Config) -> TaskData:
             )
         tr, te, names = label_ids(raw[0], raw[1], cfg.test_file or cfg.task)
         train, test = TextDataset(tr), TextDataset(te)
+    if cfg.shuffle_train:  # a seeded order: the public slice and contiguous shards then sample every source
+        order = list(range(len(train)))
+        random.Random(cfg.seed).shuffle(order)
+        train = train.subset(order)
     if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
         train = train.subset(range(cfg.max_train_samples))
     if cfg.max_eval_samples is not None and cfg.max_eval_samples < len(test):

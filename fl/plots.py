@@ -57,9 +57,13 @@ def plot_rounds(
         ax.set(xlabel="round", ylabel=label(metric), title=f"{title}: {label(metric)}" if title else label(metric))
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0][0].legend(fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
+    if names and max(map(len, names)) > 40:  # long labels (fl compare's settings) go below the panels
+        fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=8, frameon=False)
+    elif names:
+        axes[0][0].legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

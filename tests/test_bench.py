@@ -125,3 +125,17 @@ def test_gpu_bench_quick_runs_on_any_device(tmp_path, tiny_model_dir):
     assert set(speed) == {"fl", "fl_bf16", "plain"} and min(speed.values()) > 0
     assert set(doc["round_times"]) == {"1", "2"} and "gloo" in doc["collectives"]
     assert doc["collectives"]["gloo"]["broadcast"] > 0
+
+
+def test_schemes_take_the_task_recipes_settings():
+    """bench.schemes --task cola runs every scheme with the CoLA recipe's data order and arithmetic,
+    and every LoRA scheme with its LoRA settings; tasks without a recipe of their own add nothing."""
+    from bench.schemes import SHARED_KEYS, task_lora_settings
+    from fl.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "cola-fedlora.yaml")
+    shared = task_lora_settings("cola", SHARED_KEYS)
+    assert shared == [f"shuffle_train={recipe['shuffle_train']}", f"precision={recipe['precision']}"]
+    lora = task_lora_settings("cola")
+    assert f"lr={recipe['lr']}" in lora and f"lora_dropout={recipe['lora_dropout']}" in lora
+    assert task_lora_settings("rotten_tomatoes", SHARED_KEYS) == []

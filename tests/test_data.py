@@ -106,6 +106,19 @@ def test_max_samples_and_padding(tiny_model_dir, tiny_task):
     assert batch["attention_mask"].sum().item() == sum(len(enc.input_ids[i]) for i in (0, 1, 2))
 
 
+def test_shuffle_train_is_a_seeded_permutation_before_the_caps(tiny_task):
+    train, test = tiny_task
+    files = {"task": "csv", "train_file": str(train), "test_file": str(test)}
+    plain = load_task(Config(**files)).train
+    mixed = load_task(Config(**files, shuffle_train=True)).train
+    assert mixed.texts != plain.texts and sorted(mixed.texts) == sorted(plain.texts)
+    assert load_task(Config(**files, shuffle_train=True)).train.texts == mixed.texts  # same seed, same order
+    assert load_task(Config(**files, shuffle_train=True, seed=7)).train.texts != mixed.texts
+    capped = load_task(Config(**files, shuffle_train=True, max_train_samples=10)).train
+    assert capped.texts == mixed.texts[:10]  # the cap takes the first rows of the shuffled order
+    assert load_task(Config(**files, shuffle_train=True)).test.texts == load_task(Config(**files)).test.texts
+
+
 def test_parquet_and_jsonl_load_through_datasets(tmp_path):
     from datasets import Dataset
 
