@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from fl.recipe import load_config
-from fl.report import atomic_write_json, cpu_model
+from fl.report import cpu_model
+from fl.rundir import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "bench" / "reports"
@@ -131,12 +132,12 @@ def sst2_shards(
     """The reference workload's data as (text, label) rows: (train rows fl reads, the contiguous
     client shards fl builds from them after its 20% public slice, the SST-2 dev rows)."""
     from fl.config import Config
-    from fl.data import load_task
+    from fl.data import load_labelled
     from fl.partition import partition, public_split
 
     n_train = int(clients * per_client / 0.8)  # fl keeps its 20% public slice out of the clients
     cfg = Config(task="sst2", data_dir=data_dir, max_train_samples=n_train, max_eval_samples=max_eval)
-    task = load_task(cfg)
+    task = load_labelled(cfg)
     _, private = public_split(len(task.train), cfg.teacher_data_pct)
     labels = [task.train.labels[i] for i in private]
     shards = [

@@ -55,14 +55,17 @@ def bert_base_from_config(tokenizer_from: str, out: Path) -> tuple[str, int]:
 def client_speed(model_path: str, rows: list, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """examples/s of fl's client loop and of the plain loop, same work, best of --repeats each."""
     from fl import models
-    from fl.client import LocalSchedule, train_local
     from fl.config import Config
-    from fl.data import TextDataset, encode
+    from fl.data import TextDataset
+    from fl.tasks.classify import ClassifyTask, encode
+    from fl.train import LocalSchedule, train_local
 
     cfg = Config(model=model_path, lora_target_modules="query,value")
-    fl_model, tok, _ = models.build_model(models.ModelSpec.from_config(cfg, lora=True), 2)
+    data = TextDataset.from_lists([t for t, _ in rows], [y for _, y in rows])
+    task = ClassifyTask.for_rows(data, data, args.max_length)
+    fl_model, tok, _ = task.build_model(models.ModelSpec.from_config(cfg, lora=True))
     fl_model.to(device)
-    enc = encode(tok, TextDataset.from_lists([t for t, _ in rows], [y for _, y in rows]), args.max_length)
+    enc = encode(tok, data, args.max_length)
     plain_model, plain_tok = plain.load_model(model_path, lora=True)
     plain_model.to(device)
     out: dict[str, list[float]] = {"fl": [], "fl_bf16": [], "plain": []}
@@ -76,7 +79,7 @@ def client_speed(model_path: str, rows: list, device: torch.device, args: argpar
             else:
                 precision = "bf16" if name == "fl_bf16" else "fp32"
                 schedule = LocalSchedule(2e-3, 1, args.batch_size, precision=precision)
-                train_local(fl_model, enc, schedule, seed=rep, device=device)
+                train_local(fl_model, task, enc, schedule, seed=rep, device=device)
             sync(device)
             out[name].append(len(rows) / (time.perf_counter() - t0))
     best = {k: max(v) for k, v in out.items()}

@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
 from fl.plots import plot_rounds
-from fl.privacy import Accountant, default_delta
+from fl.strategies.privacy import Accountant, default_delta
 
 
 def noise_for(epsilon: float, rate: float, rounds: int, delta: float) -> float:

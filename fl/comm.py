@@ -1,6 +1,6 @@
 """The only module that touches `torch.distributed`.
 
-It starts the process group in the layout `fl.layout.plan_layout` picks, moves `Message`s (named
+It starts the process group in the layout `fl.placement.plan_layout` picks, moves `Message`s (named
 parts of named tensors, plus named scalars), and returns with every collective the bytes it
 moved. Everything a collective delivers is on this rank's device before anyone uses it. Without
 a process group (the simulation path) every call answers as a world of one.
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from fl.layout import Layout, describe, plan_layout
 from fl.message import WIRE_BYTES, WIRE_DTYPE, Message, pack, unpack
+from fl.placement import Layout, describe, plan_layout, relay_group
 
 
 @dataclass
@@ -95,7 +96,7 @@ def init(
     dist.init_process_group(lay.world_backend, rank=rank, world_size=world, timeout=timeout, **kwargs)
     group = None
     if lay.client_backend is not None:  # every rank takes part in creating a group, members or not
-        group = dist.new_group(list(range(1, world)), backend=lay.client_backend, timeout=timeout)
+        group = dist.new_group(relay_group(world), backend=lay.client_backend, timeout=timeout)
     lines = describe(world, local_world, gpus, **settings)
     return Runtime(rank, world, local_rank, dev, lay, True, threads, group, lines)
 
@@ -128,10 +129,14 @@ def shutdown(clean: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def barrier(rt: Runtime) -> None:
-    """Every rank waits for every other (rank 0 uses it to tell waiting from moving bytes)."""
-    if rt.distributed:
-        dist.barrier()
+def barrier(rt: Runtime) -> float:
+    """Every rank waits for every other (rank 0 uses it to tell waiting from moving bytes).
+    Returns the seconds this rank waited (0 without a process group)."""
+    if not rt.distributed:
+        return 0.0
+    t0 = time.perf_counter()
+    dist.barrier()
+    return time.perf_counter() - t0
 
 
 # ---- collectives -----------------------------------------------------------------------------

@@ -1,44 +1,24 @@
 """The experiment config: one dataclass whose fields say what they accept.
 
 Every field carries its help text and its kind in its metadata: choices, or a numeric range
-(every float must also be finite). `validate` checks every field by its kind, then the few rules
-that join several keys, and raises `ConfigError` (a ValueError) with a one-line message that
-names the key and the fix. Parsing recipes and `key=value` overrides lives in `fl.recipe`.
+(every float must also be finite; `fl.fields`). `validate` checks every field by its kind, then
+the few rules that join several keys, and raises `ConfigError` (a ValueError) with a one-line
+message that names the key and the fix. Parsing recipes and `key=value` overrides lives in
+`fl.recipe`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fl.fields import ConfigError, check_field, parse_fault, parse_ranks
+from fl.fields import config_field as _f
 
-class ConfigError(ValueError):
-    """A bad recipe, key, value or input file; the message names the problem and the fix.
-
-    `quiet=True` marks a copy of an error that another rank already printed.
-    """
-
-    def __init__(self, message: str, quiet: bool = False):
-        super().__init__(message)
-        self.quiet = quiet
-
-
-def _f(
-    default: Any,
-    help: str,
-    choices: tuple[str, ...] | None = None,
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-    open_lo: bool = False,
-    open_hi: bool = False,
-) -> Any:
-    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "open_lo": open_lo, "open_hi": open_hi}
-    return field(default=default, metadata=meta)
+__all__ = ["Config", "ConfigError", "parse_fault", "parse_ranks"]
 
 
 SCHEMES = ("fedavg", "fedlora", "fedkdlora")
@@ -158,6 +138,9 @@ class Config:
     server_tau: float = _f(1e-3, "server_optimizer=adam|yogi|adagrad: adaptivity tau", lo=0, hi=1e3, open_lo=True)
     prox_mu: float = _f(0.0, "FedProx (Li et al. 2020): weight mu of mu/2 * ||w - w_global||^2; 0: off", lo=0, hi=1e6)
     scaffold: bool = _f(False, "SCAFFOLD (Karimireddy et al. 2020): control variates on the trainable tensors")
+    feddyn_alpha: float = _f(
+        0.0, "FedDyn (Acar et al. 2021): weight alpha of the dynamic regulariser; 0: off", lo=0, hi=1e6
+    )
     aggregation: str = _f(
         "mean",
         "mean (example-weighted); median / trimmed_mean (coordinate-wise, Yin et al. 2018) gather every sampled "
@@ -319,8 +302,6 @@ class Config:
         if mode == "flex" and self.scaffold:
             raise ConfigError("scaffold=true does not combine with lora_aggregation=flex (clients of different ranks)")
         if self.lora_ranks is not None:
-            from fl.strategies.lora_agg import parse_ranks
-
             try:
                 parse_ranks(self.lora_ranks, self.num_clients, self.lora_r)
             except ValueError as err:
@@ -371,35 +352,3 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def range_text(meta: dict) -> str:
-    left = "(" if meta["open_lo"] else "["
-    right = ")" if meta["open_hi"] else "]"
-    lo = "-inf" if meta["lo"] is None else f"{meta['lo']:g}"
-    hi = "inf" if meta["hi"] is None else f"{meta['hi']:g}"
-    return f"{left}{lo}, {hi}{right}"
-
-
-def check_field(name: str, value: Any, meta: dict) -> None:
-    """One field against its kind: a listed choice, or a finite number in its range."""
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{name}={value} is not a finite number; give a value in {range_text(meta)}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    too_low = lo is not None and (value <= lo if meta["open_lo"] else value < lo)
-    too_high = hi is not None and (value >= hi if meta["open_hi"] else value > hi)
-    if too_low or too_high:
-        raise ConfigError(f"{name}={value} is out of range; give a value in {range_text(meta)}")
-
-
-def parse_fault(spec: str) -> tuple[str, str, int, int | None]:
-    """'nan:client=1:round=2' -> ('nan', 'client', 1, 2); round '*' -> None (every round)."""
-    m = re.fullmatch(r"(nan|exit):(client|rank)=(\d+):round=(\d+|\*)", spec.strip())
-    if not m or (m[1] == "nan") != (m[2] == "client"):
-        raise ConfigError(f"fault_inject={spec!r} is not valid; use 'nan:client=C:round=R' or 'exit:rank=K:round=R'")
-    return m[1], m[2], int(m[3]), None if m[4] == "*" else int(m[4])

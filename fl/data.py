@@ -1,20 +1,17 @@
-"""Tasks: train and test splits with integer labels, and how they become padded token batches.
+"""Labelled text data: train and test splits with integer labels, capped, shuffled and checked.
 
-Rows come from `fl.sources` (everything through `datasets`). Tokenization runs through
-`Dataset.map`, whose cache serves a second run of the same data and tokenizer without tokenizing
-again. Nothing here knows about ranks or collectives.
+Rows come from `fl.sources` (everything through `datasets`). What a task does with them (tokens,
+batches, the loss) is the task's (`fl.tasks`). Nothing here knows about models, ranks or collectives.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from fl import sources
 from fl.config import Config, ConfigError
@@ -59,7 +56,7 @@ class TextDataset:
 
 
 @dataclass
-class TaskData:
+class LabelledData:
     name: str
     train: TextDataset
     test: TextDataset
@@ -127,7 +124,7 @@ def check_leakage(train: TextDataset, test: TextDataset, max_fraction: float = 0
         )
 
 
-def load_task(cfg: Config) -> TaskData:
+def load_labelled(cfg: Config) -> LabelledData:
     """Load train and test for `cfg.task`, apply the sample caps and check them."""
     names = None
     if cfg.task == "rotten_tomatoes":
@@ -168,66 +165,4 @@ def load_task(cfg: Config) -> TaskData:
         raise ConfigError(f"label {classes[0]} is negative; labels must be 0..K-1 or strings")
     check_leakage(train, test)
     num_labels = max(max(train.labels), max(test.labels)) + 1
-    return TaskData(cfg.task, train, test, num_labels, "mcc" if cfg.task == "cola" else "accuracy", names)
-
-
-# ---- tokens and batches ---------------------------------------------------------------------
-@dataclass
-class Encoded:
-    """Token ids without padding (padding happens per batch, to the batch's longest row)."""
-
-    input_ids: list[list[int]]
-    labels: list[int]
-    pad_id: int
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, rows: Sequence[int]) -> Encoded:
-        return Encoded([self.input_ids[i] for i in rows], [self.labels[i] for i in rows], self.pad_id)
-
-
-def encode(tokenizer: Any, data: TextDataset, max_length: int) -> Encoded:
-    """Tokenize through `Dataset.map`: cached by the data's and the tokenizer's fingerprints."""
-    sources.quiet_datasets()
-    pad = tokenizer.pad_token_id or 0
-    if len(data) == 0:
-        return Encoded([], [], pad)
-    has_pair = "text_pair" in data.ds.column_names
-
-    def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        texts = [str(t) for t in batch["text"]]
-        pairs = [str(t) for t in batch["text_pair"]] if has_pair else None
-        return {"input_ids": tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"]}
-
-    drop = [c for c in data.ds.column_names if c != "label"]
-    mapped = data.ds.map(tokenize, batched=True, remove_columns=drop)
-    return Encoded(list(mapped["input_ids"]), [int(y) for y in mapped["label"]], pad)
-
-
-def collate(enc: Encoded, rows: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Pad the chosen rows to their longest: input_ids / attention_mask [B, L], labels [B]."""
-    width = max(len(enc.input_ids[i]) for i in rows)
-    ids = torch.full((len(rows), width), enc.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, i in enumerate(rows):
-        seq = enc.input_ids[i]
-        ids[j, : len(seq)] = torch.tensor(seq)
-        mask[j, : len(seq)] = 1
-    labels = torch.tensor([enc.labels[i] for i in rows], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def train_batches(enc: Encoded, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch in a seeded random order."""
-    order = torch.randperm(len(enc), generator=torch.Generator().manual_seed(seed)).tolist()
-    for start in range(0, len(order), batch_size):
-        yield collate(enc, order[start : start + batch_size])
-
-
-def eval_batches(enc: Encoded, batch_size: int) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """Rows sorted by length (less padding); yields (row indices, batch)."""
-    order = sorted(range(len(enc)), key=lambda i: len(enc.input_ids[i]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        yield rows, collate(enc, rows)
+    return LabelledData(cfg.task, train, test, num_labels, "mcc" if cfg.task == "cola" else "accuracy", names)

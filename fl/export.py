@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fl.config import ConfigError
-from fl.report import save_pretrained_atomic
+from fl.rundir import save_pretrained_atomic
 
 
 def model_card(doc: dict[str, Any], merged: bool, base: str) -> str:

@@ -1,8 +1,10 @@
-"""Models: find and load the base classifier, wrap it with LoRA, get / set its trainable state.
+"""Models, whatever the task: find and load a pretrained folder, wrap it with LoRA, get / set its
+trainable state. Which model class a task builds is the task's (`fl.tasks`).
 
 The trainable state is a `dict[str, Tensor]` keyed by parameter name: for LoRA the peft adapter
-state (LoRA A/B matrices plus the classifier head), moved with peft's own
-`get_peft_model_state_dict` / `set_peft_model_state_dict`; for full fine-tuning every parameter.
+state (LoRA A/B matrices plus the task's head), moved with peft's own `get_peft_model_state_dict`
+/ `set_peft_model_state_dict`; for full fine-tuning every parameter. LoRA targets are peft's own
+per-architecture defaults unless the config names them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,24 +22,6 @@ from torch import nn
 from fl.config import Config, ConfigError
 from fl.hub import hub_reachable, in_hub_cache
 
-# LoRA targets per architecture (config.model_type); attention query and value, as in LoRA's paper.
-LORA_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "camembert": ["query", "value"],
-    "electra": ["query", "value"],
-    "albert": ["query", "value"],
-    "distilbert": ["q_lin", "v_lin"],
-    "deberta": ["in_proj"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    "mpnet": ["q", "v"],
-    "gpt2": ["c_attn"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
-}
 EMBEDDED = "embedded"
 
 
@@ -107,22 +92,12 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_classifier(path: str, num_labels: int, seed: int, eager_attention: bool = False) -> nn.Module:
-    """AutoModelForSequenceClassification with a seeded head (identical on every rank).
-
-    eager_attention: the plain attention kernel, which can return attention maps (for KD).
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(seed)
-    extra = {"attn_implementation": "eager"} if eager_attention else {}
+def load_pretrained(auto_class: Any, path: str, **kwargs: Any) -> nn.Module:
+    """`auto_class.from_pretrained(path, **kwargs)`, with a one-line error for a folder or name that fails."""
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **extra)
+        return auto_class.from_pretrained(path, **kwargs)
     except Exception as err:  # OSError, ValueError, JSON errors, a truncated weights file
         raise _load_error(path, err) from None
-    if model.config.pad_token_id is None and model.config.eos_token_id is not None:
-        model.config.pad_token_id = model.config.eos_token_id
-    return model
 
 
 @dataclass(frozen=True)
@@ -158,23 +133,20 @@ class ModelSpec:
         return cls(source, cfg.student_layers, cfg.kd_attention_weight > 0, cfg.seed, spec if lora else None)
 
 
-def lora_targets(model: nn.Module, override: str | None) -> list[str] | str:
-    """Module names to adapt: the config's list, peft's "all-linear", or the architecture's default."""
+def lora_targets(override: str | None) -> list[str] | str | None:
+    """Module names to adapt: the config's list, peft's "all-linear", or None (peft's per-architecture default)."""
     if override == "all-linear":
         return "all-linear"
     if override:
         return [m.strip() for m in override.split(",") if m.strip()]
-    model_type = getattr(model.config, "model_type", "?")
-    if model_type not in LORA_TARGETS:
-        raise ConfigError(f"no default LoRA targets for model_type={model_type!r}; set lora_target_modules=a,b")
-    return LORA_TARGETS[model_type]
+    return None
 
 
-def wrap_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
-    """peft LoRA on the target modules; the classifier head stays trainable (SEQ_CLS)."""
-    from peft import LoraConfig, TaskType, get_peft_model
+def wrap_lora(model: nn.Module, spec: LoraSpec, task_type: str) -> nn.Module:
+    """peft LoRA on the target modules; peft's `task_type` (e.g. SEQ_CLS) keeps the task's head trainable."""
+    from peft import LoraConfig, get_peft_model
 
-    targets = lora_targets(model, spec.targets)
+    targets = lora_targets(spec.targets)
     if isinstance(targets, list):
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         missing = [t for t in targets if t not in names]
@@ -188,12 +160,18 @@ def wrap_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
         if missing:
             raise ConfigError(f"lora_modules_to_save {missing} name no module of this model; check the names")
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+        task_type=task_type, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
         modules_to_save=save,
     )  # fmt: skip
     try:
         model = get_peft_model(model, lora)
-    except ValueError as err:  # e.g. a module type peft cannot adapt
+    except ValueError as err:  # e.g. a module type peft cannot adapt, or no default targets for this architecture
+        if targets is None:
+            model_type = getattr(model.config, "model_type", "?")
+            raise ConfigError(
+                f"peft has no default LoRA targets for model_type={model_type!r}; set lora_target_modules=a,b "
+                "(e.g. q_lin,v_lin for DistilBERT) or all-linear"
+            ) from None
         raise ConfigError(f"lora_target_modules={spec.targets!r}: {str(err).splitlines()[0]}") from None
     if spec.freeze_a:
         for name, p in model.named_parameters():
@@ -254,41 +232,6 @@ def set_base_weights(model: nn.Module, base: dict[str, torch.Tensor]) -> None:
             params[f"{module}.base_layer.weight"].copy_(weight)
 
 
-def load_base(spec: ModelSpec, num_labels: int) -> tuple[nn.Module, str]:
-    """(classifier without LoRA, source path), cut to `keep_layers` when set."""
-    path = resolve_model(spec.source)
-    model = load_classifier(path, num_labels, spec.seed, spec.eager_attention)
-    if spec.keep_layers:
-        model = keep_layers(model, spec.keep_layers)
-    return model, path
-
-
-def build_model(spec: ModelSpec, num_labels: int):
-    """(model, tokenizer, resolved path) ready for the scheme; nothing is written to disk."""
-    quiet_transformers()
-    model, path = load_base(spec, num_labels)
-    tokenizer = load_tokenizer(path)
-    if spec.lora is not None:
-        model = wrap_lora(model, spec.lora)
-    return model, tokenizer, path
-
-
-def load_teacher(cfg: Config, num_labels: int):
-    """(teacher, tokenizer, path) from teacher_ckpt; its label count must match the task's."""
-    quiet_transformers()
-    path = resolve_model(cfg.teacher_ckpt or "")
-    from transformers import AutoConfig
-
-    trained_labels = AutoConfig.from_pretrained(path).num_labels
-    if trained_labels != num_labels:
-        raise ConfigError(
-            f"teacher {path!r} has {trained_labels} labels but the task has {num_labels}; "
-            "pre-train a teacher on this task with `fl pretrain-teacher`"
-        )
-    teacher = load_classifier(path, num_labels, cfg.seed, cfg.kd_attention_weight > 0)
-    return teacher, load_tokenizer(path), path
-
-
 def layer_stack(model: nn.Module) -> tuple[nn.Module, str]:
     """(parent module, attribute name) of the transformer's list of layers."""
     n = model.config.num_hidden_layers
@@ -325,6 +268,11 @@ def check_max_length(model: nn.Module, max_length: int) -> None:
         raise ConfigError(
             f"max_length={max_length} exceeds this model's {positions} positions; set max_length={positions} or less"
         )
+
+
+def snapshot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detached copy (trainable-state dicts hold views of live parameters)."""
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from fl import models
-from fl.client import LocalSchedule, evaluate, train_local
 from fl.config import Config, ConfigError
-from fl.data import encode, load_task
+from fl.models import ModelSpec
 from fl.partition import public_split
-from fl.report import Reporter, check_output_dir, clear_run_outputs, environment, save_pretrained_atomic
+from fl.report import Reporter, environment
+from fl.rundir import check_output_dir, clear_run_outputs, save_pretrained_atomic
+from fl.tasks import build_task
+from fl.train import LocalSchedule, train_local
 
 
 def teacher_run_dir(cfg: Config) -> Path:
@@ -33,21 +34,19 @@ def pretrain_teacher(cfg: Config) -> dict[str, Any] | None:
     device = torch.device("cuda", 0) if cfg.device != "cpu" and torch.cuda.is_available() else torch.device("cpu")
     threads = cfg.num_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    task = load_task(cfg)
+    task = build_task(cfg)
     public, _ = public_split(len(task.train), cfg.teacher_data_pct)
     if len(public) == 0:
         raise ConfigError("the public slice is empty; set teacher_data_pct > 0 (e.g. 20) to pre-train a teacher")
-    models.quiet_transformers()
-    path = models.resolve_model(cfg.teacher_model)
-    tokenizer = models.load_tokenizer(path)
-    teacher = models.load_classifier(path, task.num_labels, cfg.seed).to(device)
+    teacher, tokenizer, path = task.build_model(ModelSpec(cfg.teacher_model, None, False, cfg.seed, None))
+    teacher.to(device)
     run_dir = teacher_run_dir(cfg)
     check_output_dir(run_dir, overwrite=cfg.overwrite)
     if cfg.overwrite:
         clear_run_outputs(run_dir)
-    reporter = Reporter(run_dir / "teacher_metrics.json")
-    train_enc = encode(tokenizer, task.train.subset(public), cfg.max_length)
-    test_enc = encode(tokenizer, task.test, cfg.max_length)
+    reporter = Reporter(run_dir / "teacher_metrics.json", columns=task.columns)
+    train_enc = task.encode(tokenizer, task.train.subset(public))
+    test_enc = task.encode(tokenizer, task.test)
     reporter.begin(
         cfg.to_dict(),
         environment(None, 1, device, threads),
@@ -58,7 +57,7 @@ def pretrain_teacher(cfg: Config) -> dict[str, Any] | None:
     )
 
     def record(epoch: int, train_loss: float | None, t0: float) -> None:
-        m = evaluate(teacher, test_enc, cfg.eval_batch_size, device, task.num_labels)
+        m = task.metrics(task.eval_sums(teacher, test_enc, cfg.eval_batch_size, device))
         rec = {"round": epoch, **{f"test_{k}": v for k, v in m.items()}, "train_loss": train_loss}
         reporter.record({**rec, "time_s": time.perf_counter() - t0})
 
@@ -66,7 +65,7 @@ def pretrain_teacher(cfg: Config) -> dict[str, Any] | None:
     schedule = LocalSchedule(lr=cfg.teacher_lr, epochs=1, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay)
     for epoch in range(1, cfg.teacher_pretrain_epochs + 1):
         t0 = time.perf_counter()
-        res = train_local(teacher, train_enc, schedule, seed=cfg.seed + epoch, device=device)
+        res = train_local(teacher, task, train_enc, schedule, seed=cfg.seed + epoch, device=device)
         record(epoch, res.loss_sum / max(res.examples_seen, 1), t0)
     saved = save_pretrained_atomic(teacher, tokenizer, run_dir / "teacher")
     reporter.log(f"teacher saved to {saved}; use teacher_ckpt={saved}")

@@ -1,18 +1,14 @@
 """What rank 0 shows and writes: rich progress and tables, results.json, the environment record.
 
-results.json is rewritten atomically (temp file, fsync, rename) after every round, so a crash
+results.json is rewritten atomically (`fl.rundir.atomic_write_json`) after every round, so a crash
 never leaves a half-written file and every finished round is on disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import platform
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,98 +28,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from fl.config import ConfigError
+from fl.rundir import atomic_write_json
+from fl.tracking import open_tracker
 
-ROUND_COLUMNS = (
-    "round",
-    "test_loss",
-    "test_accuracy",
-    "test_mcc",
-    "test_f1",
-    "train_loss",
-    "time_s",
-    "bytes_up",
-    "bytes_down",
-)
+COLUMNS = ("test_accuracy", "test_mcc", "test_f1")  # the task's record keys shown per round (classification's)
 
 
-def strict_json(obj: Any, where: str = "", found: list[str] | None = None) -> tuple[Any, list[str]]:
-    """A copy with every NaN / Infinity replaced by null, and the paths where that happened
-    (strict JSON parsers reject NaN and Infinity)."""
-    found = [] if found is None else found
-    if isinstance(obj, float) and not math.isfinite(obj):
-        found.append(where or ".")
-        return None, found
-    if isinstance(obj, dict):
-        return {k: strict_json(v, f"{where}.{k}" if where else str(k), found)[0] for k, v in obj.items()}, found
-    if isinstance(obj, list | tuple):
-        return [strict_json(v, f"{where}[{i}]", found)[0] for i, v in enumerate(obj)], found
-    return obj, found
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write strict JSON so that readers see the old file or the new one, never a partial one.
-    Non-finite numbers are written as null and listed under "non_finite_values"."""
-    obj, found = strict_json(obj)
-    if found and isinstance(obj, dict):
-        obj["non_finite_values"] = found
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-RUN_OUTPUTS = (
-    "results.json", "checkpoints", "adapter", "model", "teacher", "student_base", "tensorboard", "teacher_metrics.json",
-)  # fmt: skip
-
-
-def check_output_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
-    """Fail early, before training: the run folder must be writable, and one that already holds
-    a run's results is refused unless this run resumes it or overwrites it."""
-    held = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
-    if held and not (resume or overwrite):
-        raise ConfigError(
-            f"run folder {str(run_dir)!r} already holds a run ({', '.join(held)}); pass resume=true to continue it, "
-            "overwrite=true to replace it, or another run_name"
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(
-            f"output_dir {str(run_dir.parent)!r} is not writable ({err.strerror}); pick another output_dir"
-        ) from None
-
-
-def clear_run_outputs(run_dir: Path) -> None:
-    """overwrite=true: remove an earlier run's outputs (after every check has passed)."""
-    for name in RUN_OUTPUTS:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
-def save_pretrained_atomic(model: torch.nn.Module, tokenizer: Any, final: Path) -> Path:
-    """save_pretrained into a temp folder, then rename: a crash never leaves half a model."""
-    tmp = final.parent / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+def round_columns(task_columns: Sequence[str]) -> tuple[str, ...]:
+    return ("round", "test_loss", *task_columns, "train_loss", "time_s", "bytes_up", "bytes_down")
 
 
 def cpu_model() -> str:
@@ -189,8 +101,15 @@ class RateColumn(ProgressColumn):
 class Reporter:
     """Rank 0's console and results file. `enabled=False` makes every call a no-op (other ranks)."""
 
-    def __init__(self, results_path: Path | None, enabled: bool = True, console: Console | None = None):
+    def __init__(
+        self,
+        results_path: Path | None,
+        enabled: bool = True,
+        console: Console | None = None,
+        columns: Sequence[str] = COLUMNS,
+    ):
         self.path = results_path
+        self.columns = round_columns(columns)
         self.enabled = enabled
         self.console = console or Console()
         self.live = enabled and self.console.is_terminal
@@ -204,18 +123,18 @@ class Reporter:
         if self.enabled:
             self.console.print(message, highlight=False) if self.live else print(message, flush=True)
 
-    def partition_table(self, shards: Sequence[Sequence[int]], labels: Sequence[int], public: int) -> None:
-        """Per-client examples and label histogram."""
+    def partition_table(self, shards: Sequence[Sequence[int]], labels: Sequence[int] | None, public: int) -> None:
+        """Per-client examples, and the label histogram when the task has labels (indexed like the shards)."""
         if not self.enabled:
             return
-        classes = sorted(set(labels))
+        classes = sorted(set(labels)) if labels is not None else []
         table = Table(title="clients", caption=f"public slice: {public} examples, kept out of every client")
         table.add_column("client")
         table.add_column("examples", justify="right")
         for c in classes:
             table.add_column(f"label {c}", justify="right")
         for i, shard in enumerate(shards):
-            hist = Counter(labels[j] for j in shard)
+            hist = Counter(labels[j] for j in shard) if labels is not None else Counter()
             table.add_row(str(i), str(len(shard)), *(str(hist.get(c, 0)) for c in classes))
         self.console.print(table) if self.live else self._plain_table(table)
 
@@ -275,7 +194,7 @@ class Reporter:
             seen, busy = rec.get("examples_trained"), rec.get("time_train_s")
             rate = seen / busy if seen and busy else None
             self.progress.update(self._round_task, advance=1, rate=rate)
-        parts = [f"{k}={_fmt(rec.get(k))}" for k in ROUND_COLUMNS if k in rec and k != "round"]
+        parts = [f"{k}={_fmt(rec.get(k))}" for k in self.columns if k in rec and k != "round"]
         self.log(f"round {rec['round']}: " + "  ".join(parts))
 
     def save(self) -> None:
@@ -295,9 +214,41 @@ class Reporter:
         if status != "completed":
             return
         table = Table(title=f"{self.doc['config'].get('scheme')} on {self.doc['config'].get('task')}")
-        for col in ROUND_COLUMNS:
+        for col in self.columns:
             table.add_column(col, justify="right")
         for rec in self.doc["rounds"]:
-            table.add_row(*(_fmt(rec.get(c)) for c in ROUND_COLUMNS))
+            table.add_row(*(_fmt(rec.get(c)) for c in self.columns))
         self.console.print(table) if self.live else self._plain_table(table)
         self.log(f"done in {elapsed_s:.1f}s; results: {self.path}")
+
+
+def begin_run(reporter: Reporter, cfg: Any, s: Any, payload: int, first_round: int) -> None:
+    """The per-client table, the layout and a summary line; results.json begins (rank 0). `s` is the
+    run's set-up (`fl.setup.Setup`), `payload` the bytes of one packed global state."""
+    from fl.models import count_parameters
+
+    rt = s.rt
+    reporter.partition_table(s.shards, s.task.partition_labels(range(len(s.task.train))), s.public_size)
+    for line in rt.layout_lines if rt.is_main else []:
+        reporter.log(f"layout: {line}")
+    trainable, total = count_parameters(s.model)
+    reporter.log(
+        f"{cfg.scheme} on {cfg.task}: {len(s.task.train)} train ({s.public_size} public), {len(s.task.test)} test; "
+        f"model {s.model_path} ({trainable:,} of {total:,} parameters train, {payload:,} bytes travel); "
+        f"{rt.world_size} process(es), device {rt.device}"
+    )
+    if s.resumed_from:
+        reporter.log(f"resuming at round {first_round} from {s.resumed_from}")
+    env = environment(rt.backend, rt.world_size, rt.device, rt.num_threads, rt.layout)
+    reporter.begin(cfg.to_dict(), env, {
+        "model_path": s.model_path,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "payload_bytes": payload,
+        "public_examples": s.public_size,
+        "client_examples": [len(x) for x in s.shards],
+        "test_examples": len(s.task.test),
+        "resumed_from": s.resumed_from,
+    })  # fmt: skip
+    if rt.is_main:
+        reporter.tracker = open_tracker(cfg.log_to, cfg.run_dir, cfg.to_dict())

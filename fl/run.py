@@ -12,7 +12,7 @@ from typing import Any
 from fl import comm
 from fl.checkpoint import find_resume_point
 from fl.config import Config, ConfigError
-from fl.report import check_output_dir, clear_run_outputs
+from fl.rundir import check_output_dir, clear_run_outputs
 from fl.server import Federation
 from fl.setup import Setup, prepare, restore
 from fl.tracking import check_available

@@ -1,5 +1,6 @@
-"""Set-up of one run: data, shards, model and strategy on every rank; the teacher and a restored
-checkpoint on rank 0. Built identically (same seeds) on every rank, and before anything is written.
+"""Set-up of one run on every rank: the task and its data, the placement, the shards, the model,
+the strategy with its parts (the KD teacher on rank 0), the client runner; and rank 0's restore of
+a checkpoint. Built identically (same seeds) on every rank, and before anything is written.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ import torch
 
 from fl import models
 from fl.checkpoint import load_checkpoint, split_prefix
+from fl.client import SequentialRunner
 from fl.comm import Runtime
 from fl.config import Config, ConfigError
-from fl.data import TaskData, load_task
+from fl.faults import Faults
+from fl.kd.part import Distillation
+from fl.kd.teacher import TeacherServer
+from fl.message import Message
 from fl.partition import partition, public_split
-from fl.strategies import Strategy, build_strategy
-from fl.strategies.aggregate import State
-from fl.strategies.distill import TeacherServer
+from fl.placement import Placement
+from fl.strategies import LORA_SCHEMES, LoraAggregator, Strategy, build_strategy
+from fl.tasks import Task, build_task
+from fl.train import LocalSchedule
 
 SETUP_LIMIT_S = 120.0  # data-dependent set-up loops (partitioning) must finish within this
 
@@ -52,96 +58,86 @@ class Setup:
     """Everything a rank needs before round 1."""
 
     rt: Runtime
+    placement: Placement
+    task: Task
     strategy: Strategy
-    task: TaskData
+    runner: SequentialRunner
     shards: list[list[int]]  # client id -> indices into task.train
     public_size: int
     model: torch.nn.Module
     tokenizer: Any
     model_path: str
-    my_clients: list[int]  # clients this rank trains
-    teacher: TeacherServer | None = None  # rank 0, FedKDLoRA
+    test: Any  # this rank's encoded test rows, or None
+    faults: Faults
     resumed_from: str | None = None
 
 
-def owner(client: int, world_size: int) -> int:
-    """Round-robin: client c lives on client rank 1 + c % (world - 1); on rank 0 in simulation."""
-    return 0 if world_size == 1 else 1 + client % (world_size - 1)
-
-
-def owners(num_clients: int, world_size: int) -> dict[int, int]:
-    return {c: owner(c, world_size) for c in range(num_clients)}
-
-
-def clients_of_rank(rank: int, world_size: int, num_clients: int) -> list[int]:
-    return [c for c in range(num_clients) if owner(c, world_size) == rank]
-
-
-def eval_rows(rank: int, world_size: int, num_rows: int) -> list[int]:
-    """Test rows this rank scores: every (world-1)-th row from rank-1 on client ranks, all in simulation."""
-    if world_size == 1:
-        return list(range(num_rows))
-    if rank == 0:
-        return []
-    return list(range(rank - 1, num_rows, world_size - 1))
-
-
-def snapshot(state: State) -> State:
-    """A detached copy (trainable-state dicts hold views of live parameters)."""
-    return {k: v.detach().clone() for k, v in state.items()}
+def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
+    """(public slice size, client -> train indices): the public slice first, the rest partitioned."""
+    public, private = public_split(len(task.train), cfg.teacher_data_pct)
+    labels = task.partition_labels(private)
+    if labels is None and cfg.partition == "dirichlet":
+        raise ConfigError("partition=dirichlet splits by label and this task has none; use contiguous or iid")
+    try:
+        with time_limit(SETUP_LIMIT_S, f"partition={cfg.partition} of {len(private)} rows"):
+            local = partition(labels or [0] * len(private), cfg.num_clients, cfg.partition, cfg.seed,
+                              cfg.dirichlet_alpha)  # fmt: skip
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return len(public), [[private.start + i for i in shard] for shard in local]
 
 
 def prepare(cfg: Config, rt: Runtime) -> Setup:
-    """Load data, split it, build the model (and, on rank 0, the teacher). Raises ConfigError
-    before anything is written."""
-    if rt.world_size - 1 > cfg.num_clients:
-        raise ConfigError(
-            f"torchrun started {rt.world_size - 1} client ranks for num_clients={cfg.num_clients}; "
-            f"launch with --nproc_per_node={cfg.num_clients + 1} or fewer, or raise num_clients"
-        )
-    strategy = build_strategy(cfg)
-    check_privacy_budget(strategy)
-    task = load_task(cfg)
-    public, private = public_split(len(task.train), cfg.teacher_data_pct)
-    private_labels = [task.train.labels[i] for i in private]
+    """Load data, split it, build the model, the strategy and the runner (and, on rank 0, the
+    teacher). Raises ConfigError before anything is written."""
+    placement = Placement(rt.world_size, cfg.num_clients)
     try:
-        with time_limit(SETUP_LIMIT_S, f"partition={cfg.partition} of {len(private_labels)} rows"):
-            local = partition(private_labels, cfg.num_clients, cfg.partition, cfg.seed, cfg.dirichlet_alpha)
+        placement.check()
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    shards = [[private.start + i for i in shard] for shard in local]
-    freeze_a = cfg.lora_aggregation == "ffa"
-    spec = models.ModelSpec.from_config(cfg, lora=strategy.trainable == "lora", freeze_a=freeze_a)
-    model, tokenizer, path = models.build_model(spec, task.num_labels)
+    task = build_task(cfg)
+    public_size, shards = split_clients(cfg, task)
+    lora = cfg.scheme in LORA_SCHEMES
+    spec = models.ModelSpec.from_config(cfg, lora=lora, freeze_a=lora and cfg.lora_aggregation == "ffa")
+    model, tokenizer, path = task.build_model(spec)
     models.check_max_length(model, cfg.max_length)
     model.to(rt.device)
-    if strategy.lora is not None:  # adapted modules, scale, FFA's shared A, FedEx's base weights
-        strategy.lora.from_model(model, models.get_trainable_state(model))
-    teacher = None
-    if rt.is_main and strategy.kd:
-        teacher = TeacherServer.load(cfg, task, len(public), tokenizer, rt.device)
-    mine = clients_of_rank(rt.rank, rt.world_size, cfg.num_clients)
-    return Setup(rt, strategy, task, shards, len(public), model, tokenizer, path, mine, teacher)
+    mine = placement.clients_of(rt.rank)
+    # tokenized once per split (Dataset.map caches it across runs), then selected by row
+    train = task.encode(tokenizer, task.train) if mine else None
+    extra = [distillation(cfg, task, model, tokenizer, public_size, train, rt)] if cfg.scheme == "fedkdlora" else []
+    strategy = build_strategy(cfg, extra)
+    if (mode := strategy.part(LoraAggregator)) is not None:  # adapted modules, scale, FFA's A, FedEx's base
+        mode.from_model(model)
+    test_rows = placement.eval_rows(rt.rank, len(task.test))
+    test = task.encode(tokenizer, task.test).subset(test_rows) if test_rows else None
+    faults = Faults.parse(cfg.fault_inject)
+    runner = SequentialRunner(
+        model, task, strategy, {c: train.subset(shards[c]) for c in mine} if train else {},
+        LocalSchedule.from_config(cfg), device=rt.device, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
+        max_update_norm=cfg.max_update_norm, faults=faults,
+    )  # fmt: skip
+    return Setup(rt, placement, task, strategy, runner, shards, public_size, model, tokenizer, path, test, faults)
 
 
-def check_privacy_budget(strategy: Strategy) -> None:
-    """A target epsilon that one round already exceeds leaves nothing to run."""
-    dp = strategy.dp
-    if dp is None or dp.target_epsilon is None:
-        return
-    from fl.privacy import Accountant
-
-    first = Accountant(dp.noise_multiplier, dp.rate).epsilon(dp.delta, 1)
-    if first > dp.target_epsilon:
-        raise ConfigError(
-            f"dp_target_epsilon={dp.target_epsilon} is spent before round 1 (one round costs epsilon {first:.3f} at "
-            f"dp_noise_multiplier={dp.noise_multiplier}, sampling rate {dp.rate:g}); raise the target or the noise"
-        )
+def distillation(
+    cfg: Config, task: Task, model: torch.nn.Module, tokenizer: Any, public_size: int, train: Any, rt: Runtime
+) -> Distillation:
+    """FedKDLoRA's part: the teacher on rank 0, the public rows (student tokenization) on client ranks."""
+    teacher = TeacherServer.load(cfg, task, public_size, tokenizer, rt.device) if rt.is_main else None
+    on_clients = cfg.kd_placement == "clients"
+    public = train.subset(range(public_size)) if on_clients and train is not None else None
+    cut = models.ModelSpec.from_config(cfg, lora=False) if cfg.student_layers else None
+    return Distillation(
+        task, model, on_clients, public_size, cfg.kd_public_examples, cfg.seed, cfg.rounds, cfg.kd_alpha,
+        cfg.kd_temperature, public, teacher, cut,
+    )  # fmt: skip
 
 
 def restore(cfg: Config, s: Setup, path: Path | None) -> tuple[int, list[dict[str, Any]]]:
-    """Rank 0: load checkpoint `path` into the model, the strategy and the teacher, every tensor
-    onto this rank's device. Returns (first round to run, records so far); (1, []) for a fresh start."""
+    """Rank 0: load checkpoint `path` into the model and the strategy's parts (every client's own
+    state too), every tensor onto this rank's device. Returns (first round to run, records so
+    far); (1, []) for a fresh start."""
     if path is None:
         return 1, []
     tensors, meta = load_checkpoint(path, cfg)
@@ -153,15 +149,16 @@ def restore(cfg: Config, s: Setup, path: Path | None) -> tuple[int, list[dict[st
         )
     try:
         models.set_trainable_state(s.model, {k: v.to(device) for k, v in split_prefix(tensors, "global").items()})
-        extra = meta.get("server", {})
-        s.strategy.load_state(split_prefix(tensors, "server"), extra.get("strategy", {}), device)
+        s.strategy.load_state(split_prefix(tensors, "server"), meta.get("parts", {}), device)
         clients = split_prefix(tensors, "client")
         for c in range(cfg.num_clients):
             mine = {k: v.to(device) for k, v in split_prefix(clients, str(c)).items()}
-            if mine:
-                s.strategy.client_controls[c] = mine
-        if s.teacher is not None:
-            s.teacher.load_state(split_prefix(tensors, "kd"), extra.get("teacher", {}))
+            parts: dict[str, dict[str, torch.Tensor]] = {}
+            for k, v in mine.items():
+                part, name = k.split(".", 1)
+                parts.setdefault(part, {})[name] = v
+            if parts:
+                s.strategy.load_client_state(c, Message(parts))
     except ValueError as err:
         raise ConfigError(f"checkpoint {str(path)!r} does not fit this model ({err}); resume with its model") from None
     s.resumed_from = str(path)

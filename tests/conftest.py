@@ -117,6 +117,16 @@ def make_overrides(model_dir: Path, train: Path, test: Path, out_dir: Path, run_
     ]  # fmt: skip
 
 
+def score(model, tokenizer, cfg) -> dict[str, float]:
+    """The task's metrics of `model` on the config's test split, as fl computes them each round."""
+    import torch
+
+    from fl.tasks import build_task
+
+    task = build_task(cfg)
+    return task.metrics(task.eval_sums(model, task.encode(tokenizer, task.test), 64, torch.device("cpu")))
+
+
 @pytest.fixture
 def tiny_overrides(tiny_model_dir, tiny_task, tmp_path) -> list[str]:
     """The tiny overrides, writing under tmp_path/out/tiny."""

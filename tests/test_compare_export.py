@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from fl.cli import main
 from fl.compare import differing_settings
@@ -49,8 +48,7 @@ def test_differing_settings():
 def test_export_merge_predicts_as_the_final_model(three_runs):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from fl.client import evaluate
-    from fl.data import encode, load_task
+    from tests.conftest import score
 
     out, base = three_runs
     target = out / "merged"
@@ -58,8 +56,7 @@ def test_export_merge_predicts_as_the_final_model(three_runs):
     model = AutoModelForSequenceClassification.from_pretrained(target)
     assert not hasattr(model, "peft_config")  # a plain transformers model
     cfg = load_config(RECIPE, [*base, "run_name=a"])
-    m = evaluate(model, encode(AutoTokenizer.from_pretrained(target), load_task(cfg).test, cfg.max_length), 64,
-                 torch.device("cpu"), 2)  # fmt: skip
+    m = score(model, AutoTokenizer.from_pretrained(target), cfg)
     final = json.loads((out / "a" / "results.json").read_text())["rounds"][-1]
     assert m["accuracy"] == final["test_accuracy"] and m["loss"] == pytest.approx(final["test_loss"], abs=1e-5)
     card = (target / "README.md").read_text()

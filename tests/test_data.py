@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from fl.config import Config, ConfigError
-from fl.data import RT_TEST_SIZE, TextDataset, check_leakage, collate, encode, load_task, rotten_tomatoes
+from fl.data import RT_TEST_SIZE, TextDataset, check_leakage, load_labelled, rotten_tomatoes
+from fl.tasks.classify import collate, encode
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
@@ -42,7 +43,7 @@ def test_csv_task_with_string_labels(tmp_path):
         text_column="sentence",
         label_column="kind",
     )
-    task = load_task(cfg)
+    task = load_labelled(cfg)
     assert task.train.labels == [1, 0, 1] and task.test.labels == [1, 0]  # sorted names: neg=0, pos=1
     assert task.num_labels == 2 and task.metric == "accuracy"
 
@@ -61,16 +62,16 @@ def test_bad_csv_data(tmp_path, train, test, columns, needle):
     (tmp_path / "te.csv").write_text(test)
     cfg = Config(task="csv", train_file=str(tmp_path / "tr.csv"), test_file=str(tmp_path / "te.csv"), **columns)
     with pytest.raises(ConfigError, match=re.escape(needle)):
-        load_task(cfg)
+        load_labelled(cfg)
 
 
 def test_missing_files_and_dirs(tmp_path):
     with pytest.raises(ConfigError, match="not found; check train_file"):
-        load_task(Config(task="csv", train_file=str(tmp_path / "no.csv"), test_file=str(tmp_path / "no.csv")))
+        load_labelled(Config(task="csv", train_file=str(tmp_path / "no.csv"), test_file=str(tmp_path / "no.csv")))
     with pytest.raises(ConfigError, match="is not a folder"):
-        load_task(Config(task="sst2", data_dir=str(tmp_path / "nowhere")))
+        load_labelled(Config(task="sst2", data_dir=str(tmp_path / "nowhere")))
     with pytest.raises(ConfigError, match="SST-2/train.tsv and dev.tsv"):
-        load_task(Config(task="sst2", data_dir=str(tmp_path)))
+        load_labelled(Config(task="sst2", data_dir=str(tmp_path)))
 
 
 def test_leakage_is_refused():
@@ -85,7 +86,7 @@ def test_leakage_is_refused():
     "task, n_train, n_test, metric", [("sst2", 67349, 872, "accuracy"), ("cola", 8551, 1043, "mcc")]
 )
 def test_glue_dir_layout(task, n_train, n_test, metric):
-    data = load_task(Config(task=task, data_dir=str(GLUE)))
+    data = load_labelled(Config(task=task, data_dir=str(GLUE)))
     assert (len(data.train), len(data.test), data.metric, data.num_labels) == (n_train, n_test, metric, 2)
     assert set(data.train.labels) == {0, 1}
 
@@ -94,7 +95,7 @@ def test_max_samples_and_padding(tiny_model_dir, tiny_task):
     from transformers import AutoTokenizer
 
     train, test = tiny_task
-    task = load_task(
+    task = load_labelled(
         Config(task="csv", train_file=str(train), test_file=str(test), max_train_samples=10, max_eval_samples=5)
     )
     assert len(task.train) == 10 and len(task.test) == 5
@@ -109,14 +110,14 @@ def test_max_samples_and_padding(tiny_model_dir, tiny_task):
 def test_shuffle_train_is_a_seeded_permutation_before_the_caps(tiny_task):
     train, test = tiny_task
     files = {"task": "csv", "train_file": str(train), "test_file": str(test)}
-    plain = load_task(Config(**files)).train
-    mixed = load_task(Config(**files, shuffle_train=True)).train
+    plain = load_labelled(Config(**files)).train
+    mixed = load_labelled(Config(**files, shuffle_train=True)).train
     assert mixed.texts != plain.texts and sorted(mixed.texts) == sorted(plain.texts)
-    assert load_task(Config(**files, shuffle_train=True)).train.texts == mixed.texts  # same seed, same order
-    assert load_task(Config(**files, shuffle_train=True, seed=7)).train.texts != mixed.texts
-    capped = load_task(Config(**files, shuffle_train=True, max_train_samples=10)).train
+    assert load_labelled(Config(**files, shuffle_train=True)).train.texts == mixed.texts  # same seed, same order
+    assert load_labelled(Config(**files, shuffle_train=True, seed=7)).train.texts != mixed.texts
+    capped = load_labelled(Config(**files, shuffle_train=True, max_train_samples=10)).train
     assert capped.texts == mixed.texts[:10]  # the cap takes the first rows of the shuffled order
-    assert load_task(Config(**files, shuffle_train=True)).test.texts == load_task(Config(**files)).test.texts
+    assert load_labelled(Config(**files, shuffle_train=True)).test.texts == load_labelled(Config(**files)).test.texts
 
 
 def test_parquet_and_jsonl_load_through_datasets(tmp_path):
@@ -128,7 +129,7 @@ def test_parquet_and_jsonl_load_through_datasets(tmp_path):
     (tmp_path / "te.jsonl").write_text('{"review": "bad", "y": "neg"}\n\n{"review": "fine", "y": "pos"}\n')
     cfg = Config(task="csv", train_file=str(tmp_path / "tr.parquet"), test_file=str(tmp_path / "te.jsonl"),
                  text_column="review", label_column="y")  # fmt: skip
-    task = load_task(cfg)
+    task = load_labelled(cfg)
     assert task.train.labels == [1, 0, 1] and task.test.labels == [0, 1] and task.label_names == ["neg", "pos"]
     assert task.train.texts == ["great fun", "dull", "nice"]
 
@@ -140,7 +141,7 @@ def test_sentence_pairs_are_tokenized_together(tmp_path, tiny_model_dir):
     (tmp_path / "te.csv").write_text("a,b,label\nnice,great,1\n")
     cfg = Config(task="csv", train_file=str(tmp_path / "tr.csv"), test_file=str(tmp_path / "te.csv"),
                  text_column="a", text_pair_column="b")  # fmt: skip
-    task = load_task(cfg)
+    task = load_labelled(cfg)
     assert task.train.pairs == ["fun film", "dull story"]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     enc = encode(tok, task.train, max_length=32)
@@ -155,7 +156,7 @@ def test_second_tokenization_is_served_from_the_map_cache(tmp_path, tiny_model_d
     train, test = tiny_task
     cfg = Config(task="csv", train_file=str(train), test_file=str(test))
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    data = load_task(cfg).train
+    data = load_labelled(cfg).train
     folder = Path(data.ds.cache_files[0]["filename"]).parent
 
     def cache_files() -> set[str]:
@@ -165,7 +166,7 @@ def test_second_tokenization_is_served_from_the_map_cache(tmp_path, tiny_model_d
     first = encode(tok, data, max_length=12)
     made = cache_files() - before
     assert len(made) == 1  # the tokenized split, written once
-    again = encode(tok, load_task(cfg).train, max_length=12)  # a fresh load, as a second run does
+    again = encode(tok, load_labelled(cfg).train, max_length=12)  # a fresh load, as a second run does
     assert cache_files() - before == made and again.input_ids == first.input_ids
     other = encode(tok, data, max_length=8)  # other settings: another cache file
     assert len(cache_files() - before) == 2 and other.input_ids != first.input_ids

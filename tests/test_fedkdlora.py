@@ -12,12 +12,13 @@ from safetensors.torch import load_file
 
 from fl import comm, models
 from fl.cli import main
-from fl.client import KDTargets, LocalSchedule, client_seed, predict, train_local
-from fl.data import encode
+from fl.kd.part import Distillation, DistillTerm, public_rows
+from fl.kd.steps import learn_from_targets
 from fl.recipe import load_config
 from fl.setup import prepare
-from fl.strategies.strategy import public_rows
-from fl.teacher import learn_from_targets
+from fl.strategies.base import ClientContext, RoundPlan
+from fl.tasks.classify import predict
+from fl.train import LocalSchedule, client_seed, train_local
 from tests.test_server import run_torchrun
 
 pytestmark = pytest.mark.slow
@@ -99,26 +100,23 @@ def test_teacher_learns_from_example_weighted_mean_of_client_logits(kd_setup):
     cfg = load_config(RECIPE, over)
     torch.set_num_threads(1)
     s = prepare(cfg, comm.Runtime())  # rank 0 of a one-process world: the teacher is loaded too
-    teacher = s.teacher
+    teacher = s.strategy.part(Distillation).teacher
     rows = public_rows(cfg.seed, 1, s.public_size, cfg.kd_public_examples)
-    targets = teacher.logits(rows)
+    targets = teacher.targets(rows)["logits"]
     public = teacher.public_s.subset(rows)
     glob = {k: v.detach().clone() for k, v in models.get_trainable_state(s.model).items()}
-    sent = []
+    sent, cpu = [], torch.device("cpu")
     for c in range(cfg.num_clients):
         models.set_trainable_state(s.model, glob)
-        data = encode(s.tokenizer, s.task.train.subset(s.shards[c]), cfg.max_length)
-        res = train_local(
-            s.model,
-            data,
-            LocalSchedule(cfg.lr, 1, cfg.batch_size),
-            seed=client_seed(cfg.seed, 1, c),
-            device=torch.device("cpu"),
-            kd=KDTargets(public, targets, cfg.kd_alpha, cfg.kd_temperature),
-        )
-        sent.append((res.num_examples, predict(s.model, public, cfg.eval_batch_size, torch.device("cpu"))))
+        data = s.task.encode(s.tokenizer, s.task.train.subset(s.shards[c]))
+        ctx = ClientContext(c, RoundPlan(1, (c,), cfg.lr), glob, client_seed(cfg.seed, 1, c), cfg.batch_size, 64, cpu)
+        term = DistillTerm(s.task, public, targets, cfg.kd_alpha, cfg.kd_temperature, ctx)
+        res = train_local(s.model, s.task, data, LocalSchedule(cfg.lr, 1, cfg.batch_size), seed=ctx.seed, device=cpu,
+                          terms=[term])  # fmt: skip
+        sent.append((res.num_examples, predict(s.model, public, cfg.eval_batch_size, cpu)))
     ensemble = sum(n * z for n, z in sent) / sum(n for n, _ in sent)
     learn_from_targets(
+        s.task,
         teacher.teacher,
         teacher.public_t.subset(rows),
         ensemble,

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fl.config import Config
-from fl.strategies import ClientUpdate, build_strategy
-from fl.strategies.lora_agg import aggregation_error, factor, lora_modules, parse_ranks, products
+from fl.config import Config, parse_ranks
+from fl.strategies import ClientUpdate, LoraAggregator, build_strategy
+from fl.strategies.base import ClientContext, TrainResult
+from fl.strategies.lora_agg import RankMask, factor, lora_modules, products, relative_error
 
 A, B, HEAD = "m.lora_A.weight", "m.lora_B.weight", "head.weight"
 SCALE = 2.0
@@ -27,22 +28,26 @@ def clients(seed: int = 0) -> list[tuple[int, dict[str, torch.Tensor]]]:
 
 
 def aggregate(mode: str, glob: dict, sent: list, frozen: dict | None = None, base: dict | None = None, ranks=None):
-    """One round through the strategy: template, client messages, sums, next_global."""
+    """One round through the strategy: template, client messages, sums, the server step.
+    Returns (the LoRA part, the next global state, the aggregation error)."""
     cfg = Config(num_clients=len(sent), lora_aggregation=mode, lora_r=R, lora_alpha=SCALE * R,
                  **({"lora_ranks": ",".join(map(str, ranks))} if ranks else {}))  # fmt: skip
     s = build_strategy(cfg)
-    s.lora.modules, s.lora.scale = lora_modules({A, B}), SCALE
-    s.lora.frozen = frozen or {}
-    s.lora.base = dict(base or {})
-    plan = s.plan_round(1, 0)
-    template = s.upload_template(glob, plan, 2)
+    lora = s.part(LoraAggregator)
+    lora.modules, lora.scale = lora_modules({A, B}), SCALE
+    lora.frozen = frozen or {}
+    lora.base = dict(base or {})
+    plan = s.plan_round(1)
+    template = s.upload_template(glob, plan)
     sums = template.zeros()
     for c, (n, end) in enumerate(sent):
         start = s.client_start(c, glob)
         delta = {k: end[k] - start[k] for k in glob}
-        u = ClientUpdate(c, n, delta, loss_sum=0.0, seen=n, products=s.lora.client_products(end))
-        sums.add_(s.client_message(template, u, plan))
-    return s, s.next_global(glob, sums, None, plan)
+        ctx = ClientContext(c, plan, start, 0, 1, 1, torch.device("cpu"))
+        parts = s.client_finish(ctx, end, TrainResult(n, 0.0, n, 1, 1.0, 1.0), model=None)
+        sums.add_(s.client_message(template, ClientUpdate(c, n, delta, loss_sum=0.0, seen=n, parts=parts), plan))
+    new, record = s.server_step(glob, sums, None, plan, load=lambda state: None)
+    return lora, new, record["aggregation_error"]
 
 
 def mean_products(sent: list, frozen: dict | None = None) -> torch.Tensor:
@@ -53,11 +58,11 @@ def mean_products(sent: list, frozen: dict | None = None) -> torch.Tensor:
 def test_fedit_leaves_an_error_when_clients_differ():
     sent = clients()
     glob = {k: torch.zeros_like(v) for k, v in sent[0][1].items()}
-    s, new = aggregate("fedit", glob, sent)
+    s, new, err = aggregate("fedit", glob, sent)
     total = sum(n for n, _ in sent)
     for k in (A, B, HEAD):  # the plain example-weighted mean of each tensor
         torch.testing.assert_close(new[k], sum(n * st[k] for n, st in sent) / total)
-    assert s.lora.last_error > 0.1
+    assert err > 0.1
 
 
 def test_ffa_never_moves_a_and_is_exact():
@@ -65,26 +70,26 @@ def test_ffa_never_moves_a_and_is_exact():
     shared_a = sent[0][1][A].clone()
     trained = [(n, {B: st[B], HEAD: st[HEAD]}) for n, st in sent]  # A is frozen: it does not travel
     glob = {B: torch.zeros(D_OUT, R), HEAD: torch.zeros(2, 2)}
-    s, new = aggregate("ffa", glob, trained, frozen={A: shared_a})
-    assert A not in new and torch.equal(s.lora.frozen[A], shared_a)
+    s, new, err = aggregate("ffa", glob, trained, frozen={A: shared_a})
+    assert A not in new and torch.equal(s.frozen[A], shared_a)
     exact = mean_products(trained, {A: shared_a})
     torch.testing.assert_close(SCALE * new[B] @ shared_a, exact, atol=1e-5, rtol=0)
-    assert s.lora.last_error < 1e-6
+    assert err < 1e-6
 
 
 def test_fedex_effective_weights_are_the_exact_mean():
     sent = clients()
     glob = {k: torch.zeros_like(v) for k, v in sent[0][1].items()}
     w0 = torch.randn(D_OUT, D_IN, generator=torch.Generator().manual_seed(7))
-    s, new = aggregate("fedex", glob, sent, base={"m": w0})
+    s, new, err = aggregate("fedex", glob, sent, base={"m": w0})
     total = sum(n for n, _ in sent)
     clients_effective = sum(n * (w0 + SCALE * st[B] @ st[A]) for n, st in sent) / total
-    global_effective = s.lora.base["m"] + SCALE * new[B] @ new[A]
+    global_effective = s.base["m"] + SCALE * new[B] @ new[A]
     torch.testing.assert_close(global_effective, clients_effective, atol=1e-5, rtol=0)
-    assert s.lora.last_error < 1e-6
+    assert err < 1e-6
     # the folded residual is what fedit leaves out
     fedit = SCALE * new[B] @ new[A]
-    assert float((s.lora.base["m"] - w0 - (clients_effective - w0 - fedit)).abs().max()) < 1e-5
+    assert float((s.base["m"] - w0 - (clients_effective - w0 - fedit)).abs().max()) < 1e-5
 
 
 def test_flex_full_rank_is_exact_and_lower_ranks_are_truncated_svds():
@@ -92,26 +97,28 @@ def test_flex_full_rank_is_exact_and_lower_ranks_are_truncated_svds():
     glob = {k: torch.zeros_like(v) for k, v in sent[0][1].items()}
     # clients that share one A: the mean update s * mean(B_i) @ A has rank <= R, so rank R is exact
     shared = [(n, {**st, A: sent[0][1][A]}) for n, st in sent]
-    s, new = aggregate("flex", glob, shared, ranks=[3, 3, 3])
+    s, new, err = aggregate("flex", glob, shared, ranks=[3, 3, 3])
     torch.testing.assert_close(SCALE * new[B] @ new[A], mean_products(shared), atol=1e-5, rtol=0)
-    assert s.lora.last_error < 1e-5
-    s, new = aggregate("flex", glob, sent, ranks=[3, 2, 1])
+    assert err < 1e-5
+    s, new, err = aggregate("flex", glob, sent, ranks=[3, 2, 1])
     m = mean_products(sent)
     u, sv, vh = torch.linalg.svd(m.double())
     for r in (1, 2, 3):  # each client's start: the first r components = the rank-r truncated SVD
         start = s.client_start([3, 2, 1].index(r), new)
         best = (u[:, :r] * sv[:r]) @ vh[:r]
         torch.testing.assert_close((SCALE * start[B] @ start[A]).double(), best, atol=1e-5, rtol=0)
-    assert s.lora.last_error == pytest.approx(float(sv[R:].pow(2).sum().sqrt() / sv.pow(2).sum().sqrt()), rel=1e-4)
+    assert err == pytest.approx(float(sv[R:].pow(2).sum().sqrt() / sv.pow(2).sum().sqrt()), rel=1e-4)
 
 
 def test_flex_masks_keep_lower_ranks_fixed():
     s = build_strategy(Config(num_clients=2, lora_aggregation="flex", lora_r=R, lora_ranks="3,1"))
-    s.lora.modules = lora_modules({A, B})
+    s.part(LoraAggregator).modules = lora_modules({A, B})
     glob = {A: torch.ones(R, D_IN), B: torch.ones(D_OUT, R), HEAD: torch.ones(2, 2)}
-    terms = s.local_terms(1, s.client_start(1, glob))
-    assert terms.mask[A][:1].eq(1).all() and terms.mask[A][1:].eq(0).all() and terms.mask[B][:, 1:].eq(0).all()
-    assert s.local_terms(0, glob) is None  # full rank: nothing to mask
+    plan = s.plan_round(1)
+    (term,) = s.client_terms(ClientContext(1, plan, s.client_start(1, glob), 0, 1, 1, torch.device("cpu")))
+    assert isinstance(term, RankMask)
+    assert term.mask[A][:1].eq(1).all() and term.mask[A][1:].eq(0).all() and term.mask[B][:, 1:].eq(0).all()
+    assert s.client_terms(ClientContext(0, plan, glob, 0, 1, 1, torch.device("cpu"))) == []  # full rank: no mask
 
 
 def test_factor_and_error_helpers():
@@ -121,7 +128,7 @@ def test_factor_and_error_helpers():
     b, a = factor(m, 6, 0.5)  # more rank than the matrix has: zero columns
     assert b.shape == (6, 6) and b[:, 4:].abs().max() == 0
     modules = {"x": ("x.a", "x.b")}
-    assert aggregation_error({"x": m}, {"x.a": a, "x.b": b}, modules, 0.5) < 1e-6
+    assert relative_error({"x": m}, products({"x.a": a, "x.b": b}, modules, 0.5)) < 1e-6
     assert parse_ranks("8,4", 5, 8) == [8, 4, 8, 4, 8]
     with pytest.raises(ValueError, match="each rank must be in"):
         parse_ranks("16", 2, 8)

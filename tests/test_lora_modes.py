@@ -10,10 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fl.client import evaluate
-from fl.data import encode, load_task
 from fl.recipe import load_config
 from fl.run import run
+from tests.conftest import score
 from tests.test_server import RECIPE, run_torchrun
 
 pytestmark = pytest.mark.slow
@@ -60,7 +59,7 @@ def final_metrics_of_export(run_dir, cfg, tiny_model_dir) -> dict:
     else:
         model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
         tok = AutoTokenizer.from_pretrained(run_dir / "model")
-    return evaluate(model, encode(tok, load_task(cfg).test, cfg.max_length), 64, torch.device("cpu"), 2)
+    return score(model, tok, cfg)
 
 
 @pytest.mark.parametrize("mode", ["ffa", "fedex", "flex"])

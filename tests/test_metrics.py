@@ -46,6 +46,7 @@ def test_degenerate_cases():
 
 
 def test_classification_metrics_record():
-    m = classification_metrics(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 1, 0, 1]), loss_sum=2.0, num_labels=2)
+    cm = confusion_matrix(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 1, 0, 1]), 2)
+    m = classification_metrics(cm, loss_sum=2.0)
     assert m["accuracy"] == 0.75 and m["loss"] == 0.5
     assert math.isclose(m["f1"], 0.8)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fl import privacy
 from fl.config import Config
-from fl.strategies import ClientUpdate, build_strategy
+from fl.strategies import ClientUpdate, build_strategy, privacy
+from fl.strategies.base import ServerStep
 
 
 def test_every_clipped_update_is_within_the_bound():
@@ -33,15 +33,18 @@ def test_noise_on_zero_updates_has_the_configured_std(placement):
     z, c = 1.3, 0.7
     s = build_strategy(Config(num_clients=20, clients_per_round=5, dp_clip=c, dp_noise_multiplier=z,
                               dp_noise_placement=placement))  # fmt: skip
-    plan = s.plan_round(3, 0)
+    plan = s.plan_round(3)
     assert plan.clients  # Poisson sampling picked some clients this round
     glob = {"w": torch.zeros(200_000)}
-    template = s.upload_template(glob, plan, 2)
+    template = s.upload_template(glob, plan)
     sums = template.zeros()
     for client in plan.clients:
         u = ClientUpdate(client, 10, {"w": torch.zeros(200_000)}, loss_sum=1.0, seen=10)
         sums.add_(s.client_message(template, u, plan))
-    noised_sum = s.private_mean(sums, plan)["w"] * s.dp.denominator
+    step = ServerStep(plan, glob, sums, None, load=lambda state: None)
+    s.aggregator.server_step(step)
+    noised_sum = step.delta["w"] * s.aggregator.dp.denominator
+    assert step.record["dp_epsilon"] > 0
     assert float(noised_sum.std()) == pytest.approx(z * c, rel=0.03)
     assert abs(float(noised_sum.mean())) < 0.01
     assert sums.scalars[f"c{plan.clients[0]}.loss_sum"] == 0.0  # per-client statistics stay on the rank

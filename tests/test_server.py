@@ -13,13 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from fl import comm, models
-from fl.client import LocalSchedule, client_seed, evaluate, train_local
-from fl.data import encode
 from fl.message import Message
 from fl.recipe import load_config
 from fl.run import run
-from fl.setup import clients_of_rank, eval_rows, prepare
-from tests.conftest import make_overrides
+from fl.setup import prepare
+from fl.train import LocalSchedule, client_seed, train_local
+from tests.conftest import make_overrides, score
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "fedlora.yaml"
@@ -55,7 +54,7 @@ def hand_rounds(cfg, rounds: int, skip: frozenset[int] = frozenset()) -> list[di
     sum_i n_i * theta_i / sum_i n_i written out by hand. Returns the global state after each round."""
     torch.set_num_threads(1)
     s = prepare(cfg, comm.Runtime())
-    enc = {c: encode(s.tokenizer, s.task.train.subset(s.shards[c]), cfg.max_length) for c in range(cfg.num_clients)}
+    enc = {c: s.task.encode(s.tokenizer, s.task.train.subset(s.shards[c])) for c in range(cfg.num_clients)}
     glob = {k: v.detach().clone() for k, v in models.get_trainable_state(s.model).items()}
     history = []
     for r in range(1, rounds + 1):
@@ -65,7 +64,8 @@ def hand_rounds(cfg, rounds: int, skip: frozenset[int] = frozenset()) -> list[di
                 continue
             models.set_trainable_state(s.model, glob)
             schedule = LocalSchedule(cfg.lr, cfg.local_epochs, cfg.batch_size)
-            res = train_local(s.model, enc[c], schedule, seed=client_seed(cfg.seed, r, c), device=torch.device("cpu"))
+            seed = client_seed(cfg.seed, r, c)
+            res = train_local(s.model, s.task, enc[c], schedule, seed=seed, device=torch.device("cpu"))
             sent.append(
                 (res.num_examples, {k: v.detach().clone() for k, v in models.get_trainable_state(s.model).items()})
             )
@@ -73,19 +73,6 @@ def hand_rounds(cfg, rounds: int, skip: frozenset[int] = frozenset()) -> list[di
         glob = {k: sum(n * st[k] for n, st in sent) / total for k in glob}
         history.append(glob)
     return history
-
-
-def test_clients_of_rank_round_robin():
-    assert clients_of_rank(0, 1, 3) == [0, 1, 2]
-    assert clients_of_rank(0, 3, 5) == []
-    assert clients_of_rank(1, 3, 5) == [0, 2, 4] and clients_of_rank(2, 3, 5) == [1, 3]
-
-
-def test_eval_rows_split_the_test_set_over_client_ranks():
-    assert eval_rows(0, 1, 5) == [0, 1, 2, 3, 4]  # simulation: the one process scores everything
-    assert eval_rows(0, 3, 5) == []  # rank 0 aggregates while the client ranks score
-    assert eval_rows(1, 3, 5) == [0, 2, 4] and eval_rows(2, 3, 5) == [1, 3]
-    assert sorted(sum((eval_rows(r, 4, 10) for r in range(4)), [])) == list(range(10))
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +112,8 @@ def test_torchrun_results_file(torchrun_result):
         assert rec["sampled_clients"] == [0, 1, 2, 3] and rec["rejected_clients"] == {}
     assert doc["rounds"][0]["wire_bytes_down"] == 2 * 4 * numel  # the initial model, sent once before round 1
     assert doc["rounds"][0]["bytes_up"] == 0
-    for rec in doc["rounds"]:  # the 2 client ranks each send logits [T, 2] and 2 timings per rank
-        assert rec["bytes_eval"] == 2 * 4 * (2 * doc["test_examples"] + 2 * 3)
+    for rec in doc["rounds"]:  # the 2 client ranks each send a confusion matrix [2, 2], a loss sum, 2 timings a rank
+        assert rec["bytes_eval"] == 2 * 4 * (2 * 2 + 1 + 2 * 3)
     assert doc["env"]["layout"]["case"] == "cpu"
 
 
@@ -167,10 +154,7 @@ def test_exported_adapter_reproduces_final_metrics(torchrun_result, tiny_model_d
     cfg = load_config(RECIPE, overrides)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
-    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
-    from fl.data import load_task
-
-    m = evaluate(model, encode(tok, load_task(cfg).test, cfg.max_length), 64, torch.device("cpu"), 2)
+    m = score(model, AutoTokenizer.from_pretrained(run_dir / "adapter"), cfg)
     final = json.loads((run_dir / "results.json").read_text())["rounds"][-1]
     assert m["accuracy"] == final["test_accuracy"]
     assert m["loss"] == pytest.approx(final["test_loss"], abs=1e-5)

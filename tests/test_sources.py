@@ -7,7 +7,7 @@ import re
 import pytest
 
 from fl.config import Config, ConfigError
-from fl.data import load_task
+from fl.data import load_labelled
 
 GOOD_TEST = "text,label\nnice,1\nbad,0\n"
 
@@ -36,7 +36,7 @@ def test_bad_training_file(tmp_path, name, content, needle):
     (tmp_path / "te.csv").write_text(GOOD_TEST)
     cfg = Config(task="csv", train_file=str(tmp_path / name), test_file=str(tmp_path / "te.csv"))
     with pytest.raises(ConfigError) as err:
-        load_task(cfg)
+        load_labelled(cfg)
     text = str(err.value)
     assert needle in text and "\n" not in text and name in text
 
@@ -44,10 +44,10 @@ def test_bad_training_file(tmp_path, name, content, needle):
 def test_a_folder_given_as_a_file(tmp_path):
     (tmp_path / "te.csv").write_text(GOOD_TEST)
     with pytest.raises(ConfigError, match=re.escape("is a folder; give a data file")):
-        load_task(Config(task="csv", train_file=str(tmp_path), test_file=str(tmp_path / "te.csv")))
+        load_labelled(Config(task="csv", train_file=str(tmp_path), test_file=str(tmp_path / "te.csv")))
 
 
 def test_hub_dataset_offline_is_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="cannot be loaded .the hub is unreachable"):
-        load_task(Config(task="hf", dataset="someone/no-such-dataset", test_split="validation"))
+        load_labelled(Config(task="hf", dataset="someone/no-such-dataset", test_split="validation"))

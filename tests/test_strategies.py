@@ -11,9 +11,10 @@ import torch
 from fl.config import Config
 from fl.message import Message
 from fl.strategies import ClientUpdate, ServerOptimizer, build_strategy, round_stats, update_problem
-from fl.strategies.aggregate import coordinate_median, trimmed_mean
-from fl.strategies.local import LocalTerms, prox_term, scaffold_client_update, scaffold_server_update
-from fl.strategies.strategy import sample_clients
+from fl.strategies.aggregate import MeanAggregation, coordinate_median, trimmed_mean
+from fl.strategies.fedprox import ProxTerm
+from fl.strategies.scaffold import CorrectionTerm, Scaffold, scaffold_client_update, scaffold_server_update
+from fl.strategies.strategy import Strategy, sample_clients
 
 T = torch.tensor
 
@@ -58,7 +59,7 @@ def test_server_optimizer_state_round_trips():
     a.step({"w": T([1.0, 2.0])}, {"w": T([0.1, -0.3])})
     tensors, extra = a.state()
     b = ServerOptimizer("yogi", lr=0.1)
-    b.load(tensors, extra, torch.device("cpu"))
+    b.load_state(tensors, extra, torch.device("cpu"))
     x = {"w": T([1.0, 2.0])}
     assert torch.equal(a.step(x, {"w": T([0.2, 0.2])})["w"], b.step(x, {"w": T([0.2, 0.2])})["w"])
 
@@ -70,11 +71,10 @@ def test_fedprox_gradient_is_that_of_the_proximal_term():
     anchor = {"w": torch.randn(3, 2)}
     x, mu = torch.randn(4, 3), 0.7
     (x @ w).pow(2).sum().backward()
-    terms = LocalTerms(prox_mu=mu, anchor=anchor)
-    terms.after_backward({"w": w})
+    ProxTerm(mu, anchor).after_backward({"w": w})
     ours = w.grad.clone()
     w.grad = None
-    ((x @ w).pow(2).sum() + prox_term({"w": w}, anchor, mu)).backward()
+    ((x @ w).pow(2).sum() + 0.5 * mu * ((w - anchor["w"]) ** 2).sum()).backward()
     torch.testing.assert_close(ours, w.grad)
 
 
@@ -88,7 +88,7 @@ def test_scaffold_control_variates_by_hand():
     assert scaffold_server_update({"w": T([0.3])}, {"w": T([1.2])}, 4)["w"].item() == pytest.approx(0.6)
     # each local step is corrected by -lr * (c - c_i)
     p = torch.nn.Parameter(T([1.0, 1.0]))
-    LocalTerms(correction={"w": T([0.5, -1.0])}).after_step({"w": p}, lr=0.1)
+    CorrectionTerm({"w": T([0.5, -1.0])}).after_step({"w": p}, lr=0.1)
     assert p.detach().tolist() == pytest.approx([0.95, 1.1])
 
 
@@ -115,19 +115,23 @@ def _update(c: int, n: int, value: float) -> ClientUpdate:
     return ClientUpdate(c, n, {"w": T([value, value])}, loss_sum=n * 0.5, seen=n)
 
 
+def no_model(state: dict) -> None:
+    """The server step's `load` for strategies whose parts never train on the server."""
+
+
 def test_strategy_weighted_mean_and_server_step_from_messages():
     s = build_strategy(Config(num_clients=3, scheme="fedavg"))
-    plan = s.plan_round(1, public_size=0)
+    plan = s.plan_round(1)
     glob = {"w": T([1.0, 1.0])}
-    template = s.upload_template(glob, plan, num_labels=2)
+    template = s.upload_template(glob, plan)
     total = template.zeros()
     for u in (_update(0, 1, 1.0), _update(1, 3, 3.0)):
         total.add_(s.client_message(template, u, plan))
     bad = _update(2, 5, 0.0)
     bad.reject = 1
     total.add_(s.client_message(template, bad, plan))
-    new = s.next_global(glob, total, None, plan)
-    assert new["w"].tolist() == [1.0 + 2.5, 1.0 + 2.5]  # (1*1 + 3*3) / 4 added to the global state
+    new, record = s.server_step(glob, total, None, plan, no_model)
+    assert record == {} and new["w"].tolist() == [1.0 + 2.5, 1.0 + 2.5]  # (1*1 + 3*3) / 4 added to the global state
     stats = round_stats(total, plan)
     assert stats["num_examples"] == 4 and stats["rejected_clients"] == {"2": "non-finite values"}
     assert stats["train_loss"] == pytest.approx(0.5) and stats["client_train_loss"]["2"] == pytest.approx(0.5)
@@ -135,9 +139,9 @@ def test_strategy_weighted_mean_and_server_step_from_messages():
 
 def test_strategy_median_uses_individual_updates():
     s = build_strategy(Config(num_clients=3, scheme="fedavg", aggregation="median"))
-    plan = s.plan_round(1, public_size=0)
+    plan = s.plan_round(1)
     glob = {"w": T([0.0, 0.0])}
-    template = s.upload_template(glob, plan, num_labels=2)
+    template = s.upload_template(glob, plan)
     msgs = {
         u.client: s.client_message(template, u, plan)
         for u in (_update(0, 1, 1.0), _update(1, 1, 2.0), _update(2, 9, 90.0))
@@ -145,7 +149,7 @@ def test_strategy_median_uses_individual_updates():
     sums = template.zeros()
     for m in msgs.values():
         sums.add_(m)
-    assert s.next_global(glob, sums, msgs, plan)["w"].tolist() == [2.0, 2.0]
+    assert s.server_step(glob, sums, msgs, plan, no_model)[0]["w"].tolist() == [2.0, 2.0]
 
 
 def test_update_problem_codes():
@@ -155,9 +159,39 @@ def test_update_problem_codes():
 
 
 def test_downlink_carries_scaffold_control_by_name():
-    s = build_strategy(Config(num_clients=2, scaffold=True))
-    msg = s.downlink({"w": T([1.0])}, None)
+    s = build_strategy(Config(num_clients=2, scheme="fedavg", scaffold=True))
+    msg = s.downlink({"w": T([1.0])}, 1, {})
     assert set(msg.parts) == {"global", "control"} and msg.parts["control"]["w"].tolist() == [0.0]
-    s.control = {"w": T([0.5])}
-    glob, logits = s.read_downlink(Message({"global": {"w": T([2.0])}, "control": {"w": T([0.25])}}))
-    assert glob["w"].tolist() == [2.0] and s.control["w"].tolist() == [0.25] and logits is None
+    scaffold = s.part(Scaffold)
+    scaffold.control = {"w": T([0.5])}
+    glob = s.read_downlink(Message({"global": {"w": T([2.0])}, "control": {"w": T([0.25])}}))
+    assert glob["w"].tolist() == [2.0] and scaffold.control["w"].tolist() == [0.25]
+
+
+def test_parts_compose_in_order_and_state_is_prefixed_by_part():
+    """The aggregator comes first; each part's state travels under its name; client state by part."""
+    cfg = Config(num_clients=2, scheme="fedavg", scaffold=True, server_optimizer="adam", server_lr=0.1)
+    s = build_strategy(cfg)
+    assert isinstance(s.aggregator, MeanAggregation) and [p.name for p in s.parts] == ["aggregate", "opt", "control"]
+    glob = {"w": T([1.0])}
+    s.downlink(glob, 1, {})
+    s.read_downlink(Message({"global": glob, "control": {"w": T([0.5])}}))
+    plan = s.plan_round(1)
+    template = s.upload_template(glob, plan)
+    total = template.zeros()
+    u = ClientUpdate(0, 2, {"w": T([0.2])}, 1.0, 2, parts={"control": {"w": T([1.0])}})
+    total.add_(s.client_message(template, u, plan))
+    s.server_step(glob, total, None, plan, no_model)
+    tensors, extra = s.state()
+    assert sorted(tensors) == ["control.w", "opt.m.w", "opt.v.w"] and extra == {"opt": {"steps": 1}}
+    assert tensors["control.w"].item() == pytest.approx(0.5 + 1.0 / 2)  # c + sum of changes / N
+    like = s.client_state_like(glob)
+    assert set(like.parts) == {"control"} and s.client_state(1, like).parts["control"]["w"].tolist() == [0.0]
+    fresh = build_strategy(cfg)
+    fresh.load_state(tensors, extra, torch.device("cpu"))
+    assert fresh.part(ServerOptimizer).steps == 1 and fresh.part(Scaffold).control["w"].item() == pytest.approx(1.0)
+
+
+def test_a_strategy_starts_with_its_aggregator():
+    with pytest.raises(ValueError, match="aggregator"):
+        Strategy([ServerOptimizer()], num_clients=1, seed=0, lr=0.1)

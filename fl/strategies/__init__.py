@@ -1,57 +1,58 @@
-"""Federated algorithms as small parts: the strategy (client part, server part), pure aggregation
-rules, server optimizers, client-side terms, and FedKDLoRA's teacher. Build one with `build_strategy`."""
+"""Federated algorithms as parts of one strategy (`fl.strategies.base.Part`): aggregators (mean,
+robust, DP-FedAvg), server optimizers, FedProx, SCAFFOLD, FedDyn, the LoRA aggregation modes.
+FedKDLoRA's distillation is a part too, in `fl.kd`. Build a strategy with `build_strategy`."""
 
 from __future__ import annotations
 
-from fl import privacy
 from fl.config import Config
-from fl.strategies.aggregate import State, Update, accumulate, finalize, weighted_average
-from fl.strategies.lora_agg import LoraAggregator, parse_ranks
+from fl.strategies.aggregate import Aggregator, MeanAggregation, RobustAggregation
+from fl.strategies.base import ClientUpdate, Part, RoundPlan, State, update_problem
+from fl.strategies.feddyn import FedDyn
+from fl.strategies.fedprox import FedProx
+from fl.strategies.lora_agg import LoraAggregator
+from fl.strategies.privacy import PrivacySettings, PrivateAggregation
+from fl.strategies.scaffold import Scaffold
 from fl.strategies.server_opt import ServerOptimizer
-from fl.strategies.strategy import ClientUpdate, RoundPlan, Strategy, round_stats, update_problem
+from fl.strategies.strategy import Strategy, round_stats
 
-TRAINABLE = {"fedavg": "full", "fedlora": "lora", "fedkdlora": "lora"}  # the familiar scheme names
+LORA_SCHEMES = ("fedlora", "fedkdlora")  # schemes whose clients train LoRA adapters
 
 
-def build_strategy(cfg: Config) -> Strategy:
-    """The strategy a config describes (the one place where algorithm keys are read)."""
-    opt = ServerOptimizer(
-        cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta_pair(), cfg.server_tau
-    )
-    kd = cfg.scheme == "fedkdlora"
-    lora = None
-    if TRAINABLE[cfg.scheme] == "lora":
-        ranks = parse_ranks(cfg.lora_ranks, cfg.num_clients, cfg.lora_r) if cfg.lora_ranks else None
-        # under DP the products that measure the aggregation error would travel un-noised: they stay home
-        lora = LoraAggregator(cfg.lora_aggregation, rank=cfg.lora_r, client_ranks=ranks,
-                              measure_error=cfg.aggregation_error and not cfg.dp)  # fmt: skip
-    dp = None
-    if cfg.dp_clip is not None:
-        rate = (cfg.clients_per_round or cfg.num_clients) / cfg.num_clients
-        delta = cfg.dp_delta if cfg.dp_delta is not None else privacy.default_delta(cfg.num_clients)
-        dp = privacy.PrivacySettings(cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_noise_placement, rate,
-                                     cfg.num_clients, delta, cfg.dp_target_epsilon)  # fmt: skip
+def build_aggregator(cfg: Config) -> Aggregator:
+    if cfg.dp:
+        return PrivateAggregation(PrivacySettings.from_config(cfg), cfg.seed)
+    if cfg.aggregation != "mean":
+        return RobustAggregation(cfg.aggregation, cfg.trim_ratio)
+    return MeanAggregation()
+
+
+def build_parts(cfg: Config) -> list[Part]:
+    """The parts a config describes, in the strategy's order (the one place where algorithm keys are read)."""
+    parts: list[Part] = [build_aggregator(cfg), ServerOptimizer.from_config(cfg)]
+    if cfg.prox_mu > 0:
+        parts.append(FedProx(cfg.prox_mu))
+    if cfg.scheme in LORA_SCHEMES:
+        parts.append(LoraAggregator.from_config(cfg))
+    if cfg.scaffold:
+        parts.append(Scaffold(cfg.num_clients))
+    if cfg.feddyn_alpha > 0:
+        parts.append(FedDyn.from_config(cfg))
+    return parts
+
+
+def build_strategy(cfg: Config, extra: list[Part] | None = None) -> Strategy:
+    """The strategy of a config; `extra` parts (FedKDLoRA's distillation) come last."""
     return Strategy(
-        trainable=TRAINABLE[cfg.scheme],
+        build_parts(cfg) + (extra or []),
         num_clients=cfg.num_clients,
         seed=cfg.seed,
         lr=cfg.lr,
         round_lr_decay=cfg.round_lr_decay,
         clients_per_round=cfg.clients_per_round,
-        aggregation=cfg.aggregation,
-        trim_ratio=cfg.trim_ratio,
-        server_opt=opt,
-        prox_mu=cfg.prox_mu,
-        scaffold=cfg.scaffold,
-        kd=kd,
-        kd_on_clients=kd and cfg.kd_placement == "clients",
-        kd_public_examples=cfg.kd_public_examples,
-        lora=lora,
-        dp=dp,
     )
 
 
 __all__ = [
-    "ClientUpdate", "RoundPlan", "ServerOptimizer", "State", "Strategy", "Update", "accumulate", "build_strategy",
-    "finalize", "round_stats", "update_problem", "weighted_average",
+    "Aggregator", "ClientUpdate", "LoraAggregator", "Part", "RoundPlan", "ServerOptimizer", "State", "Strategy",
+    "build_parts", "build_strategy", "round_stats", "update_problem",
 ]  # fmt: skip

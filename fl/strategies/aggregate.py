@@ -1,25 +1,23 @@
-"""Pure aggregation over name-keyed tensors: no process group, no model, easy to test.
+"""Aggregators: how the clients' updates become the round's pseudo-gradient.
 
-An update carries its own weight (`num_examples`). Keys must match before anything is combined,
-and every result is fp32 whatever the tensors' dtype.
+- `MeanAggregation` (FedAvg, McMahan et al. 2017): each client sends n_i * (theta_i - global);
+  the server divides the sum by sum_i n_i. One reduce carries every client's contribution.
+- `RobustAggregation`: coordinate-wise median or trimmed mean (Yin et al. 2018, "Byzantine-Robust
+  Distributed Learning: Towards Optimal Statistical Rates"), unweighted, over every accepted
+  client's own update: rank 0 gathers them (`gathers`).
+
+The combine rules underneath are pure functions over name-keyed tensors; keys must match before
+anything is combined, and every result is fp32 whatever the tensors' dtype.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-State = dict[str, torch.Tensor]
-
-
-@dataclass
-class Update:
-    """What one client sends back: its trainable state (or its change) and how many examples it trained on."""
-
-    state: State
-    num_examples: int
+from fl.message import Message
+from fl.strategies.base import ClientUpdate, Part, RoundPlan, ServerStep, State
 
 
 def check_same_keys(reference: State, other: State) -> None:
@@ -30,35 +28,6 @@ def check_same_keys(reference: State, other: State) -> None:
     for k, v in reference.items():
         if other[k].shape != v.shape:
             raise ValueError(f"update tensor {k!r} has shape {tuple(other[k].shape)}, expected {tuple(v.shape)}")
-
-
-def accumulate(acc: State | None, state: State, weight: float) -> State:
-    """acc + weight * state, in fp32 (a new fp32 accumulator when acc is None)."""
-    if acc is None:
-        return {k: v.detach().float() * weight for k, v in state.items()}
-    check_same_keys(acc, state)
-    for k, v in state.items():
-        acc[k].add_(v.detach().float(), alpha=weight)
-    return acc
-
-
-def finalize(weighted_sum: State, total_weight: float) -> State:
-    """Divide a weighted sum by its total weight."""
-    if total_weight <= 0:
-        raise ValueError(f"total weight {total_weight} must be positive; no client reported examples")
-    return {k: v / total_weight for k, v in weighted_sum.items()}
-
-
-def weighted_average(updates: Sequence[Update]) -> State:
-    """Example-weighted mean of the updates' states: sum_i n_i * theta_i / sum_i n_i."""
-    if not updates:
-        raise ValueError("no updates to aggregate")
-    acc: State | None = None
-    for u in updates:
-        if u.num_examples < 0:
-            raise ValueError(f"num_examples={u.num_examples} must be >= 0")
-        acc = accumulate(acc, u.state, float(u.num_examples))
-    return finalize(acc, float(sum(u.num_examples for u in updates)))  # type: ignore[arg-type]
 
 
 def _stack(states: Sequence[State]) -> dict[str, torch.Tensor]:
@@ -92,3 +61,53 @@ def trimmed_mean(states: Sequence[State], ratio: float) -> State:
         cut = int(ratio * n)
         out[k] = x.sort(dim=0).values[cut : n - cut].mean(dim=0)
     return out
+
+
+class Aggregator(Part):
+    """The part that turns client updates into messages and their sums into the pseudo-gradient."""
+
+    name = "aggregate"
+    gathers = False  # rank 0 needs every client's own message rather than their sum
+    private = False  # per-client statistics stay on their ranks (DP)
+
+    def client_message(self, template: Message, u: ClientUpdate, plan: RoundPlan) -> Message:
+        """One client's contribution: its statistics, and its change weighted by its examples
+        (summed mode) or as it is (gathered mode), with its parts' upload as they travel."""
+        msg = template.zeros()
+        stats = {"examples": u.num_examples, "loss_sum": u.loss_sum, "seen": u.seen, "reject": u.reject, "norm": u.norm}
+        msg.scalars.update({f"c{u.client}.{k}": float(v) for k, v in stats.items()})
+        if u.reject:
+            return msg
+        weight = float(u.num_examples)
+        alpha = 1.0 if self.gathers else weight
+        for k in msg.parts["delta"]:
+            msg.parts["delta"][k].add_(u.delta[k], alpha=alpha)
+        for part, tensors in u.parts.items():
+            for k, v in tensors.items():
+                msg.parts[part][k].add_(v)
+        msg.scalars["weight"], msg.scalars["accepted"] = weight, 1.0
+        return msg
+
+
+class MeanAggregation(Aggregator):
+    """The example-weighted mean of the accepted clients' changes."""
+
+    def server_step(self, step: ServerStep) -> None:
+        weight = step.sums.scalars["weight"]
+        step.delta = {k: v / weight for k, v in step.sums.parts["delta"].items()}
+
+
+class RobustAggregation(Aggregator):
+    """Coordinate-wise median or trimmed mean over the accepted clients' own changes."""
+
+    gathers = True
+
+    def __init__(self, rule: str, trim_ratio: float = 0.1):
+        if rule not in ("median", "trimmed_mean"):
+            raise ValueError(f"aggregation={rule!r} is not robust; choose median or trimmed_mean")
+        self.rule, self.trim_ratio = rule, trim_ratio
+
+    def server_step(self, step: ServerStep) -> None:
+        got = sorted((step.individual or {}).items())
+        deltas = [m.parts["delta"] for _, m in got if m.scalars["accepted"] > 0]
+        step.delta = coordinate_median(deltas) if self.rule == "median" else trimmed_mean(deltas, self.trim_ratio)

@@ -23,10 +23,14 @@ adapted modules.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
-from fl.strategies.aggregate import State
+from fl import models
+from fl.config import Config, parse_ranks
+from fl.strategies.base import ByteCount, ClientContext, ClientTerm, Part, RoundPlan, ServerStep, State, TrainResult
 
 MODES = ("fedit", "ffa", "fedex", "flex")
 
@@ -83,33 +87,35 @@ def rank_masks(state: State, modules: dict[str, tuple[str, str]], rank: int) -> 
     return masks
 
 
-def aggregation_error(mean_products: State, state: State, modules: dict[str, tuple[str, str]], scale: float) -> float:
-    """||M - s B A||_F / ||M||_F over every adapted module (0 when M is 0)."""
-    got = products(state, modules, scale)
-    num = sum(float(((mean_products[m] - got[m]) ** 2).sum()) for m in modules)
-    den = sum(float((mean_products[m] ** 2).sum()) for m in modules)
+def relative_error(target: State, got: State) -> float:
+    """||target - got||_F / ||target||_F, the squared norms summed over every module (0 when target is 0)."""
+    num = sum(float(((target[m] - got[m]) ** 2).sum()) for m in target)
+    den = sum(float((target[m] ** 2).sum()) for m in target)
     return (num / den) ** 0.5 if den > 0 else 0.0
 
 
-def parse_ranks(spec: str, num_clients: int, global_rank: int) -> list[int]:
-    """'8,8,4,2' -> one rank per client; a shorter list repeats (client c gets ranks[c % len])."""
-    try:
-        ranks = [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"lora_ranks={spec!r} must be comma-separated integers, e.g. 8,8,4,2") from None
-    if not ranks or min(ranks) < 1 or max(ranks) > global_rank:
-        raise ValueError(f"lora_ranks={spec!r}: each rank must be in [1, lora_r={global_rank}]")
-    return [ranks[c % len(ranks)] for c in range(num_clients)]
+class RankMask(ClientTerm):
+    """FlexLoRA: gradients of the components beyond the client's rank are zeroed."""
+
+    def __init__(self, mask: State):
+        self.mask = mask
+
+    @torch.no_grad()
+    def after_backward(self, params: dict[str, nn.Parameter]) -> None:
+        for k, m in self.mask.items():
+            if params[k].grad is not None:
+                params[k].grad.mul_(m.to(params[k].grad.device))
 
 
 @dataclass
-class LoraAggregator:
+class LoraAggregator(Part):
     """A strategy's LoRA mode: what travels, what each client starts from, how the server combines.
 
     `modules`, `frozen` (FFA's shared A) and `base` (FedEx's W0 of each adapted module) come from
     the model once (`from_model`), identically on every rank.
     """
 
+    name = "base"  # what it checkpoints: FedEx's base weights
     mode: str = "fedit"
     scale: float = 1.0
     rank: int = 8
@@ -118,18 +124,25 @@ class LoraAggregator:
     modules: dict[str, tuple[str, str]] = field(default_factory=dict)
     frozen: State = field(default_factory=dict)
     base: State = field(default_factory=dict)
-    last_error: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> LoraAggregator:
+        ranks = parse_ranks(cfg.lora_ranks, cfg.num_clients, cfg.lora_r) if cfg.lora_ranks else None
+        # under DP the products that measure the aggregation error would travel un-noised: they stay home
+        measure = cfg.aggregation_error and not cfg.dp
+        return cls(cfg.lora_aggregation, rank=cfg.lora_r, client_ranks=ranks, measure_error=measure)
 
     @property
     def sends_products(self) -> bool:
         """Whether clients add sum_i n_i s B_i A_i to their upload (needed by fedex / flex, else a measurement)."""
         return self.mode in ("fedex", "flex") or self.measure_error
 
-    def from_model(self, model: torch.nn.Module, trainable: State) -> None:
+    def from_model(self, model: nn.Module) -> None:
         """Read the adapted modules, the scale, FFA's frozen A and FedEx's base weights off the model."""
-        everything = dict(model.named_parameters())
         from peft import get_peft_model_state_dict
 
+        trainable = models.get_trainable_state(model)
+        everything = dict(model.named_parameters())
         peft_state = get_peft_model_state_dict(model)
         self.modules = lora_modules(set(peft_state))
         cfg = next(iter(model.peft_config.values()))
@@ -141,53 +154,75 @@ class LoraAggregator:
     def lora_keys(self) -> set[str]:
         return {k for pair in self.modules.values() for k in pair}
 
-    def delta_keys(self, state: State) -> list[str]:
-        """Tensors that travel as (weighted) changes: all, but flex's A / B travel as products."""
-        return [k for k in state if self.mode != "flex" or k not in self.lora_keys()]
-
-    def product_template(self, state: State) -> State:
-        full = {**self.frozen, **state}
-        return {m: torch.zeros(full[b].shape[0], full[a].shape[1], device=full[b].device)
-                for m, (a, b) in self.modules.items()}  # fmt: skip
-
     def product_numel(self, state: State) -> int:
         """Values of the products part: d_out x d_in per adapted module."""
         full = {**self.frozen, **state}
         return sum(full[b].shape[0] * full[a].shape[1] for a, b in self.modules.values())
 
-    def client_products(self, end: State) -> State:
-        return products({**self.frozen, **end}, self.modules, self.scale)
-
     def client_rank(self, client: int) -> int:
         return self.client_ranks[client] if self.mode == "flex" and self.client_ranks else self.rank
 
-    def client_start(self, global_state: State, client: int) -> State:
+    # ---- down -----------------------------------------------------------------------------------
+    def down(self, global_state: State, next_round: int, record: dict[str, Any]) -> dict[str, State]:
+        return {"base": self.base} if self.mode == "fedex" else {}  # W0 of each adapted module, residuals folded in
+
+    def read_down(self, parts: dict[str, State]) -> None:
+        if "base" in parts:
+            self.base = {k: v.clone() for k, v in parts["base"].items()}
+
+    def load_into(self, model: nn.Module) -> None:
+        if self.base:
+            models.set_base_weights(model, self.base)
+
+    # ---- the client -----------------------------------------------------------------------------
+    def client_start(self, client: int, state: State) -> State:
         """flex: the global adapter cut to the client's rank (its truncated SVD); else the global state."""
         r = self.client_rank(client)
-        return truncate(global_state, self.modules, r) if r < self.rank else global_state
+        return truncate(state, self.modules, r) if r < self.rank else state
 
-    def client_masks(self, global_state: State, client: int) -> State | None:
-        r = self.client_rank(client)
-        return rank_masks(global_state, self.modules, r) if r < self.rank else None
+    def client_terms(self, ctx: ClientContext) -> list[ClientTerm]:
+        r = self.client_rank(ctx.client)
+        return [RankMask(rank_masks(ctx.start, self.modules, r))] if r < self.rank else []
 
-    def combine(self, global_state: State, new: State, mean_products: State | None) -> State:
-        """The mode's global adapter, given `new` (the state after averaging every travelling change)."""
-        if self.mode == "flex" and mean_products is not None:
+    def client_finish(self, ctx: ClientContext, end: State, result: TrainResult, model: nn.Module) -> dict[str, State]:
+        if not self.sends_products:
+            return {}
+        weight = float(result.num_examples)
+        mine = products({**self.frozen, **end}, self.modules, self.scale)
+        return {"products": {m: v * weight for m, v in mine.items()}}
+
+    def upload(self, global_state: State, plan: RoundPlan) -> dict[str, State]:
+        if not self.sends_products:
+            return {}
+        full = {**self.frozen, **global_state}
+        return {"products": {m: torch.zeros(full[b].shape[0], full[a].shape[1], device=full[b].device)
+                             for m, (a, b) in self.modules.items()}}  # fmt: skip
+
+    def withheld(self, global_state: State) -> set[str]:
+        """flex: A and B travel as products, not as changes."""
+        return self.lora_keys() if self.mode == "flex" else set()
+
+    # ---- the server -----------------------------------------------------------------------------
+    def server_step(self, step: ServerStep) -> None:
+        """The mode's global adapter, given step.new (the state after averaging every travelling change)."""
+        if "products" not in step.sums.parts:
+            return
+        weight = step.sums.scalars["weight"]
+        mean_products = {k: v / weight for k, v in step.sums.parts["products"].items()}
+        step.new, error = self.combine(step.new, mean_products)
+        step.record["aggregation_error"] = error
+
+    def combine(self, new: State, mean_products: State) -> tuple[State, float]:
+        """(the mode's global adapter, the aggregation error) from the averaged state and mean(s B_i A_i)."""
+        if self.mode == "flex":
             for m, (a, b) in self.modules.items():
                 new[b], new[a] = factor(mean_products[m], self.rank, self.scale)
-        residual = None
-        if self.mode == "fedex" and mean_products is not None:
-            got = products({**self.frozen, **new}, self.modules, self.scale)
-            residual = {m: mean_products[m] - got[m] for m in self.modules}
+        effective = products({**self.frozen, **new}, self.modules, self.scale)
+        if self.mode == "fedex":  # fold the residual into W0: it is part of the global update
+            residual = {m: mean_products[m] - effective[m] for m in self.modules}
             self.base = {m: self.base[m] + residual[m].to(self.base[m].device) for m in self.modules}
-        if mean_products is not None:
-            effective = products({**self.frozen, **new}, self.modules, self.scale)
-            if residual is not None:  # fedex: the folded residual is part of the global update
-                effective = {m: effective[m] + residual[m] for m in self.modules}
-            num = sum(float(((mean_products[m] - effective[m]) ** 2).sum()) for m in self.modules)
-            den = sum(float((mean_products[m] ** 2).sum()) for m in self.modules)
-            self.last_error = (num / den) ** 0.5 if den > 0 else 0.0
-        return new
+            effective = {m: effective[m] + residual[m] for m in self.modules}
+        return new, relative_error(mean_products, effective)
 
     def canonical(self, state: State) -> State:
         """flex after server-side training (KD): back to the ordered SVD form, exactly, at rank r."""
@@ -198,13 +233,31 @@ class LoraAggregator:
             out[b], out[a] = factor(self.scale * state[b].float() @ state[a].float(), self.rank, self.scale)
         return out
 
-    def client_bytes(self, state: State, client: int) -> int:
+    # ---- state, bytes, export -------------------------------------------------------------------
+    def state(self) -> tuple[State, dict[str, Any]]:
+        return dict(self.base), {}
+
+    def load_state(self, tensors: State, extra: dict[str, Any], device: torch.device) -> None:
+        if tensors:
+            self.base = {k: v.to(device) for k, v in tensors.items()}
+
+    def state_bytes(self, client: int, global_state: State) -> int | None:
         """What one client's adapter costs on a deployment's wire: flex clients send their rank's A and B."""
-        r = self.client_rank(client)
+        r, lora = self.client_rank(client), self.lora_keys()
         total = 0
-        for k, v in state.items():
-            if self.mode == "flex" and k in self.lora_keys():
-                total += v.numel() * r // self.rank
-            else:
-                total += v.numel()
+        for k, v in global_state.items():
+            total += v.numel() * r // self.rank if self.mode == "flex" and k in lora else v.numel()
         return total * 4
+
+    def add_bytes(self, counts: ByteCount, plan: RoundPlan, global_state: State) -> None:
+        base = sum(v.numel() for v in self.base.values()) * 4
+        for c in plan.clients:  # fedex clients also receive the changed base weights
+            counts.down[c] += base
+        if self.sends_products:  # one product per adapted module and client rank
+            counts.extra["bytes_products"] = self.product_numel(global_state) * 4 * counts.client_ranks
+
+    def export(self, model: nn.Module) -> tuple[nn.Module, str] | None:
+        if self.mode != "fedex":
+            return None
+        # the base weights changed: the adapter alone would not reproduce the run; export the merged model
+        return model.merge_and_unload(), "model"

@@ -12,6 +12,9 @@ server learning rate eta, betas (b1, b2) and adaptivity tau (Algorithm 2 of the 
 
 As in the paper, m starts at 0 and v at tau^2, and there is no bias correction (Flower's FedAdam
 adds one; fl follows the paper). The state (m, v, step) is checkpointed.
+
+As a part of the strategy it runs after the aggregator: a trainable tensor that did not travel
+as a change (FlexLoRA's A and B) has a zero pseudo-gradient here.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fl.strategies.aggregate import State, check_same_keys
+from fl.config import Config
+from fl.strategies.aggregate import check_same_keys
+from fl.strategies.base import Part, ServerStep, State
 
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
 
 
 @dataclass
-class ServerOptimizer:
+class ServerOptimizer(Part):
+    name = "opt"
     kind: str = "sgd"
     lr: float = 1.0
     momentum: float = 0.9  # FedAvgM's beta
@@ -42,15 +48,20 @@ class ServerOptimizer:
                 f"server_optimizer={self.kind!r} is not valid; choose one of {', '.join(SERVER_OPTIMIZERS)}"
             )
 
-    @property
-    def is_plain_fedavg(self) -> bool:
-        return self.kind == "sgd" and self.lr == 1.0
+    @classmethod
+    def from_config(cls, cfg: Config) -> ServerOptimizer:
+        return cls(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta_pair(), cfg.server_tau)
+
+    def server_step(self, step: ServerStep) -> None:
+        assert step.delta is not None, "the aggregator runs before the server optimizer"
+        delta = {k: step.delta[k] if k in step.delta else torch.zeros_like(v) for k, v in step.global_state.items()}
+        step.new = self.step(step.global_state, delta)
 
     def step(self, x: State, delta: State) -> State:
         """The next global state from the current one and the pseudo-gradient (both fp32)."""
         check_same_keys(x, delta)
         self.steps += 1
-        if self.kind == "sgd":
+        if self.kind == "sgd":  # lr 1 (FedAvg) adds the mean change as it is: x + 1.0 * d == x + d exactly
             return {k: x[k] + self.lr * delta[k] for k in x}
         if self.kind == "momentum":
             for k, d in delta.items():
@@ -78,7 +89,7 @@ class ServerOptimizer:
         tensors = {**{f"m.{k}": v for k, v in self.m.items()}, **{f"v.{k}": v for k, v in self.v.items()}}
         return tensors, {"steps": self.steps}
 
-    def load(self, tensors: State, extra: dict, device: torch.device) -> None:
+    def load_state(self, tensors: State, extra: dict, device: torch.device) -> None:
         self.m = {k[2:]: v.to(device) for k, v in tensors.items() if k.startswith("m.")}
         self.v = {k[2:]: v.to(device) for k, v in tensors.items() if k.startswith("v.")}
         self.steps = int(extra.get("steps", 0))

@@ -1,8 +1,29 @@
-"""The process layout for every layout of issue 9, on a CPU: devices and backends per rank."""
+"""Placement on a CPU: which rank hosts which client and scores which test rows, and the process
+layout (devices and backends per rank) for every layout of issue 9."""
 
 import pytest
 
-from fl.layout import Layout, describe, plan_layout
+from fl.placement import Layout, Placement, describe, plan_layout
+
+
+def test_clients_live_round_robin_on_the_client_ranks():
+    assert Placement(1, 3).clients_of(0) == [0, 1, 2]  # simulation: rank 0 hosts everyone
+    assert Placement(3, 5).clients_of(0) == []
+    assert Placement(3, 5).clients_of(1) == [0, 2, 4] and Placement(3, 5).clients_of(2) == [1, 3]
+    assert Placement(3, 5).owners() == {0: 1, 1: 2, 2: 1, 3: 2, 4: 1} and Placement(3, 5).client_ranks == 2
+
+
+def test_eval_rows_split_the_test_set_over_client_ranks():
+    assert Placement(1, 2).eval_rows(0, 5) == [0, 1, 2, 3, 4]  # simulation: the one process scores everything
+    assert Placement(3, 2).eval_rows(0, 5) == []  # rank 0 aggregates while the client ranks score
+    assert Placement(3, 2).eval_rows(1, 5) == [0, 2, 4] and Placement(3, 2).eval_rows(2, 5) == [1, 3]
+    assert sorted(sum((Placement(4, 3).eval_rows(r, 10) for r in range(4)), [])) == list(range(10))
+
+
+def test_more_client_ranks_than_clients_is_an_error_naming_the_launch():
+    with pytest.raises(ValueError, match="--nproc_per_node=3"):
+        Placement(4, 2).check()
+    Placement(3, 2).check()
 
 
 def layouts(world: int, local: int, gpus: int, **kw) -> list[Layout]:

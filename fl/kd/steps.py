@@ -1,6 +1,7 @@
 """The teacher's distillation steps: mutual distillation with the aggregated student
 (kd_placement=server) and learning from the clients' student ensemble (kd_placement=clients).
-Runs on rank 0; knows nothing of ranks or collectives. Pre-training lives in `fl.pretrain`.
+Runs on rank 0; knows nothing of ranks or collectives. What a model outputs for a batch of rows
+is the task's (`task.kd_forward`). Pre-training lives in `fl.pretrain`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl.data import Encoded, collate
-from fl.kd import attention_loss, kd_loss
+from fl.config import Config
+from fl.kd.losses import attention_loss, kd_loss
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class DistillSettings:
     attention_weight: float
 
     @classmethod
-    def from_config(cls, cfg: Any) -> DistillSettings:
+    def from_config(cls, cfg: Config) -> DistillSettings:
         return cls(cfg.kd_epochs, cfg.batch_size, cfg.lr, cfg.kd_alpha, cfg.kd_temperature, cfg.kd_attention_weight)
 
 
@@ -39,15 +40,12 @@ def _batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
         yield order[start : start + batch_size]
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 def mutual_distill(
+    task: Any,
     teacher: nn.Module,
     student: nn.Module,
-    data_t: Encoded,
-    data_s: Encoded,
+    data_t: Any,
+    data_s: Any,
     kd: DistillSettings,
     teacher_opt: torch.optim.Optimizer,
     seed: int,
@@ -66,16 +64,14 @@ def mutual_distill(
     sums, n = {"student": 0.0, "teacher": 0.0}, 0
     for epoch in range(kd.epochs):
         for pos in _batches(len(data_s), kd.batch_size, seed + epoch):
-            bt, bs = _to(collate(data_t, pos), device), _to(collate(data_s, pos), device)
-            labels = bs.pop("labels")
-            bt.pop("labels")
-            t_out = teacher(**bt, output_attentions=attn)
-            s_out = student(**bs, output_attentions=attn)
-            loss_s = kd_loss(s_out.logits, t_out.logits.detach(), labels, alpha=kd.alpha, temperature=kd.temperature)
+            t_out = task.kd_forward(teacher, data_t, pos, device, attn)
+            s_out = task.kd_forward(student, data_s, pos, device, attn)
+            labels, t_logits, s_logits = s_out["labels"], t_out["logits"], s_out["logits"]
+            loss_s = kd_loss(s_logits, t_logits.detach(), labels, alpha=kd.alpha, temperature=kd.temperature)
             if attn:
-                t_maps = [a.detach() for a in t_out.attentions]
-                loss_s = loss_s + kd.attention_weight * attention_loss(s_out.attentions, t_maps, bs["attention_mask"])
-            loss_t = kd_loss(t_out.logits, s_out.logits.detach(), labels, alpha=kd.alpha, temperature=kd.temperature)
+                t_maps = [a.detach() for a in t_out["attentions"]]
+                loss_s = loss_s + kd.attention_weight * attention_loss(s_out["attentions"], t_maps, s_out["mask"])
+            loss_t = kd_loss(t_logits, s_logits.detach(), labels, alpha=kd.alpha, temperature=kd.temperature)
             student_opt.zero_grad(set_to_none=True)
             teacher_opt.zero_grad(set_to_none=True)
             (loss_s + loss_t).backward()  # the two graphs are disjoint (each sees the other detached)
@@ -88,8 +84,9 @@ def mutual_distill(
 
 
 def learn_from_targets(
+    task: Any,
     model: nn.Module,
-    data: Encoded,
+    data: Any,
     targets: torch.Tensor,
     kd: DistillSettings,
     opt: torch.optim.Optimizer,
@@ -103,10 +100,9 @@ def learn_from_targets(
     targets = targets.to(device)
     for epoch in range(kd.epochs):
         for pos in _batches(len(data), kd.batch_size, seed + epoch):
-            batch = _to(collate(data, pos), device)
-            labels = batch.pop("labels")
-            logits = model(**batch).logits
-            loss = kd_loss(logits, targets[pos], labels, alpha=kd.alpha, temperature=kd.temperature)
+            out = task.kd_forward(model, data, pos, device)
+            labels = out["labels"]
+            loss = kd_loss(out["logits"], targets[pos], labels, alpha=kd.alpha, temperature=kd.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

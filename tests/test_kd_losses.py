@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from fl.config import ConfigError
-from fl.kd import attention_loss, kd_loss, kl_divergence, layer_map
-from fl.models import evenly_spaced, keep_layers, load_classifier
+from fl.kd.losses import attention_loss, kd_loss, kl_divergence, layer_map
+from fl.models import evenly_spaced, keep_layers
+from fl.tasks.classify import load_classifier
 
 
 def test_kd_loss_matches_direct_formula():

@@ -1,8 +1,14 @@
-"""Process layout: which device each rank uses and which backend carries which traffic.
+"""Placement, pure: which rank hosts which client, which test rows each rank scores, and which
+device and backends each rank uses. No tensors and no process group, so every case is unit-tested
+on a CPU; `fl.comm` takes its groups from here.
 
-A pure function of (rank, world size, local world size, GPUs visible, device setting), so every
-layout is unit-tested on a CPU. Rank 0 (the aggregator) lives on node 0 as local rank 0; the
-other ranks are client ranks. torchrun starts the same number of processes on every node.
+Clients: client c lives on client rank 1 + c % (world - 1), round-robin; in a world of one (the
+simulation) rank 0 hosts every client. A rank trains its clients one after another. The test set
+is split over the client ranks, every (world - 1)-th row.
+
+Devices and backends (`plan_layout`), a function of (rank, world size, local world size, GPUs
+visible, device setting). Rank 0 (the aggregator) lives on node 0 as local rank 0; the other ranks
+are client ranks. torchrun starts the same number of processes on every node.
 
 - cpu: device=cpu, or no GPU. Every rank on the CPU; gloo carries everything.
 - own: G >= L, every rank owns a GPU (rank on GPU local_rank). NCCL carries everything.
@@ -20,6 +26,50 @@ client ranks' NCCL group when it shares GPU 0 with client rank 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the clients of a run live: a pure function of the world size and the client count."""
+
+    world_size: int
+    num_clients: int
+
+    @property
+    def client_ranks(self) -> int:
+        """Ranks that train clients: 1..N under torchrun, the single process in simulation."""
+        return max(1, self.world_size - 1)
+
+    def check(self) -> None:
+        """Every client rank must host a client (ValueError naming the launch that fits)."""
+        if self.world_size - 1 > self.num_clients:
+            raise ValueError(
+                f"torchrun started {self.world_size - 1} client ranks for num_clients={self.num_clients}; "
+                f"launch with --nproc_per_node={self.num_clients + 1} or fewer, or raise num_clients"
+            )
+
+    def owner(self, client: int) -> int:
+        """The rank that trains client c: 1 + c % (world - 1); rank 0 in simulation."""
+        return 0 if self.world_size == 1 else 1 + client % (self.world_size - 1)
+
+    def owners(self) -> dict[int, int]:
+        return {c: self.owner(c) for c in range(self.num_clients)}
+
+    def clients_of(self, rank: int) -> list[int]:
+        return [c for c in range(self.num_clients) if self.owner(c) == rank]
+
+    def eval_rows(self, rank: int, num_rows: int) -> list[int]:
+        """Test rows rank scores: every (world-1)-th row from rank-1 on client ranks, all in simulation."""
+        if self.world_size == 1:
+            return list(range(num_rows))
+        if rank == 0:
+            return []
+        return list(range(rank - 1, num_rows, self.world_size - 1))
+
+
+def relay_group(world_size: int) -> list[int]:
+    """The ranks of the client ranks' own group in relay layouts (every rank but the aggregator)."""
+    return list(range(1, world_size))
 
 
 @dataclass(frozen=True)

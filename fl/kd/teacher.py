@@ -1,16 +1,11 @@
-"""FedKDLoRA's server side: a pre-trained teacher on rank 0 and distillation both ways on the
-server's public slice.
+"""FedKDLoRA's teacher runtime on rank 0: the pre-trained teacher, its optimizer, and its
+tokenizations of the public slice and the test split, built once in `TeacherServer.load`.
 
 - kd_placement=server (the original): after the clients' adapters are averaged, the teacher and
   the aggregated student distil into each other on the round's public rows; the student after
   that step is the next global model.
-- kd_placement=clients: the server sends the teacher's logits on the round's public rows; clients
-  add a KL term on them to their cross-entropy; their student logits on the same rows come back
-  as an example-weighted mean, and the teacher learns from that ensemble. No private data and no
-  single client's model leaves a client beyond the averaged adapters.
-
-The teacher, its optimizer and its tokenizations of the public slice and the test split are
-built once, in `TeacherServer.load`; the round loop moves the logits.
+- kd_placement=clients: the teacher's targets on the round's public rows go to the clients; their
+  student logits come back as an example-weighted mean, and the teacher learns from that ensemble.
 """
 
 from __future__ import annotations
@@ -22,26 +17,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl import models
 from fl.checkpoint import load_optimizer, optimizer_tensors, split_prefix, with_prefix
-from fl.client import evaluate, predict
-from fl.data import Encoded, TaskData, encode
-from fl.report import save_pretrained_atomic
-from fl.teacher import DistillSettings, learn_from_targets, mutual_distill
+from fl.config import Config
+from fl.kd.steps import DistillSettings, learn_from_targets, mutual_distill
+from fl.models import ModelSpec
+from fl.rundir import save_pretrained_atomic
 
 
 @dataclass
 class TeacherServer:
     """Rank 0's teacher: everything is in place once `load` returns."""
 
+    task: Any
     teacher: nn.Module
     tokenizer: Any
     path: str
     optimizer: torch.optim.Optimizer
-    public_t: Encoded  # public slice, teacher tokenization
-    public_s: Encoded  # public slice, student tokenization
-    test_t: Encoded
-    num_labels: int
+    public_t: Any  # public slice, teacher tokenization
+    public_s: Any  # public slice, student tokenization
+    test_t: Any
     device: torch.device
     settings: DistillSettings
     on_clients: bool
@@ -50,21 +44,21 @@ class TeacherServer:
 
     @classmethod
     def load(
-        cls, cfg: Any, task: TaskData, public_size: int, student_tokenizer: Any, device: torch.device
+        cls, cfg: Config, task: Any, public_size: int, student_tokenizer: Any, device: torch.device
     ) -> TeacherServer:
         """Load the teacher from teacher_ckpt onto `device`, tokenize the public slice and the test split."""
-        teacher, tokenizer, path = models.load_teacher(cfg, task.num_labels)
+        teacher, tokenizer, path = task.load_teacher(cfg.teacher_ckpt or "", cfg.seed, cfg.kd_attention_weight > 0)
         teacher.to(device)
         public = task.train.subset(range(public_size))
         return cls(
+            task=task,
             teacher=teacher,
             tokenizer=tokenizer,
             path=path,
             optimizer=torch.optim.AdamW(teacher.parameters(), lr=cfg.distill_lr),
-            public_t=encode(tokenizer, public, cfg.max_length),
-            public_s=encode(student_tokenizer, public, cfg.max_length),
-            test_t=encode(tokenizer, task.test, cfg.max_length),
-            num_labels=task.num_labels,
+            public_t=task.encode(tokenizer, public),
+            public_s=task.encode(student_tokenizer, public),
+            test_t=task.encode(tokenizer, task.test),
             device=device,
             settings=DistillSettings.from_config(cfg),
             on_clients=cfg.kd_placement == "clients",
@@ -72,9 +66,9 @@ class TeacherServer:
             seed=cfg.seed,
         )
 
-    def logits(self, rows: list[int]) -> torch.Tensor:
-        """[P, K] teacher logits on the public rows (sent to the clients), on the teacher's device."""
-        return predict(self.teacher, self.public_t.subset(rows), self.eval_batch_size, self.device)
+    def targets(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        """The teacher's targets on the public rows (sent to the clients), on the teacher's device."""
+        return self.task.kd_targets(self.teacher, self.public_t.subset(rows), self.eval_batch_size, self.device)
 
     def after_aggregation(
         self, student: nn.Module, round_idx: int, rows: list[int], ensemble: torch.Tensor | None
@@ -84,24 +78,25 @@ class TeacherServer:
         if self.on_clients:
             assert ensemble is not None, "kd_placement=clients needs the clients' ensemble logits"
             loss = learn_from_targets(
-                self.teacher, self.public_t.subset(rows), ensemble, self.settings, self.optimizer, seed, self.device
-            )
+                self.task, self.teacher, self.public_t.subset(rows), ensemble, self.settings, self.optimizer, seed,
+                self.device,
+            )  # fmt: skip
             return {"kd_teacher_loss": loss}
         return mutual_distill(
-            self.teacher, student, self.public_t.subset(rows), self.public_s.subset(rows),
+            self.task, self.teacher, student, self.public_t.subset(rows), self.public_s.subset(rows),
             self.settings, self.optimizer, seed, self.device,
         )  # fmt: skip
 
     def evaluate(self) -> dict[str, float]:
-        m = evaluate(self.teacher, self.test_t, self.eval_batch_size, self.device, self.num_labels)
-        return {f"teacher_test_{k}": v for k, v in m.items()}
+        sums = self.task.eval_sums(self.teacher, self.test_t, self.eval_batch_size, self.device)
+        return {f"teacher_test_{k}": v for k, v in self.task.metrics(sums).items()}
 
-    def save(self, run_dir: Path, student: nn.Module, student_tokenizer: Any, cut: models.ModelSpec | None) -> None:
+    def save(self, run_dir: Path, student: nn.Module, student_tokenizer: Any, cut: ModelSpec | None) -> None:
         """teacher/ (save_pretrained) and, for a student cut from the teacher (`cut`), the student's
         base model folder (student_base/), which the exported adapter names as its base."""
         save_pretrained_atomic(self.teacher, self.tokenizer, run_dir / "teacher")
         if cut is not None:  # the frozen base, rebuilt as at start (same checkpoint, same cut)
-            base, _ = models.load_base(cut, self.num_labels)
+            base, _, _ = self.task.build_model(cut)
             path = save_pretrained_atomic(base, student_tokenizer, run_dir / "student_base")
             for peft_cfg in student.peft_config.values():
                 peft_cfg.base_model_name_or_path = str(path.resolve())

@@ -1,0 +1,161 @@
+"""FedKDLoRA as a part of the strategy.
+
+- plan: the round's public rows, a seeded sample of `kd_public_examples` (the same on every rank);
+- kd_placement=clients: rank 0 sends the teacher's targets on the next round's public rows down
+  with the global state; each client trains on (1 - alpha) * task loss(private batch)
+  + alpha * T^2 * KL(teacher || student)(public batch) and sends its student logits on those rows
+  up, weighted by its examples; public labels stay on rank 0;
+- server step (both placements): the teacher distils with the aggregated student (server) or
+  learns from the clients' ensemble (clients); with server placement the student after that step
+  is the next global model;
+- evaluation: the teacher's metrics; state: the teacher and its optimizer; bytes: the logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fl import models
+from fl.kd.losses import kl_divergence
+from fl.kd.teacher import TeacherServer
+from fl.models import ModelSpec
+from fl.strategies.base import ByteCount, ClientContext, ClientTerm, Part, RoundPlan, ServerStep, State, TrainResult
+
+
+def public_rows(seed: int, round_idx: int, public_size: int, per_round: int | None) -> list[int]:
+    """The round's public rows: a seeded sample, the same on every rank (indices into the slice)."""
+    if per_round is None or per_round >= public_size:
+        return list(range(public_size))
+    return sorted(random.Random(seed * 7_919 + round_idx).sample(range(public_size), per_round))
+
+
+def cycle_rows(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless seeded batches of row positions 0..n-1, reshuffled at each pass."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    while True:
+        order = torch.randperm(n, generator=gen).tolist()
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+
+class DistillTerm(ClientTerm):
+    """Each local step also takes the next batch of public rows: loss = (1 - a) * loss + a * T^2 * KL."""
+
+    def __init__(self, task: Any, data: Any, targets: torch.Tensor, alpha: float, temperature: float,
+                 ctx: ClientContext):  # fmt: skip
+        self.task, self.data, self.targets, self.alpha, self.temperature = task, data, targets, alpha, temperature
+        self.device = ctx.device
+        self.rows = cycle_rows(len(data), ctx.batch_size, ctx.seed)
+
+    def loss(self, model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+        rows = next(self.rows)
+        out = self.task.kd_forward(model, self.data, rows, self.device)
+        kl = kl_divergence(out["logits"], self.targets[rows].to(self.device), self.temperature)
+        return (1.0 - self.alpha) * loss + self.alpha * kl
+
+
+@dataclasses.dataclass
+class Distillation(Part):
+    """See the module docstring. `teacher` exists on rank 0; `public` (the student's tokenization of
+    the public slice) on ranks that host clients; `model` is this rank's student."""
+
+    task: Any
+    model: nn.Module
+    on_clients: bool
+    public_size: int
+    per_round: int | None
+    seed: int
+    rounds: int
+    alpha: float
+    temperature: float
+    public: Any = None
+    teacher: TeacherServer | None = None
+    cut: ModelSpec | None = None  # the student's base, when it is cut from the teacher (student_layers)
+    targets: torch.Tensor | None = None  # the teacher's targets of this round (client ranks, from the downlink)
+    name = "kd"
+
+    def rows(self, round_idx: int) -> list[int]:
+        return public_rows(self.seed, round_idx, self.public_size, self.per_round)
+
+    def plan(self, plan: RoundPlan) -> RoundPlan:
+        return dataclasses.replace(plan, extra={**plan.extra, "public_rows": tuple(self.rows(plan.round))})
+
+    # ---- down and the clients -------------------------------------------------------------------
+    def down(self, global_state: State, next_round: int, record: dict[str, Any]) -> dict[str, State]:
+        if not self.on_clients or next_round > self.rounds:
+            return {}
+        rows, t0 = self.rows(next_round), time.perf_counter()
+        device = next(iter(global_state.values())).device
+        got = self.teacher.targets(rows) if self.teacher else self.task.kd_like(len(rows), device)
+        record["time_server_kd_s"] = record.get("time_server_kd_s", 0.0) + time.perf_counter() - t0
+        return {"teacher": got}
+
+    def read_down(self, parts: dict[str, State]) -> None:
+        self.targets = parts["teacher"]["logits"] if "teacher" in parts else None
+
+    def client_terms(self, ctx: ClientContext) -> list[ClientTerm]:
+        if self.targets is None or self.public is None:
+            return []
+        data = self.public.subset(ctx.plan.extra["public_rows"])
+        return [DistillTerm(self.task, data, self.targets, self.alpha, self.temperature, ctx)]
+
+    def client_finish(self, ctx: ClientContext, end: State, result: TrainResult, model: nn.Module) -> dict[str, State]:
+        if self.targets is None or self.public is None:
+            return {}
+        data = self.public.subset(ctx.plan.extra["public_rows"])
+        logits = self.task.kd_targets(model, data, ctx.eval_batch_size, ctx.device)["logits"]
+        return {"logits": {"student": logits * float(result.num_examples)}}
+
+    def upload(self, global_state: State, plan: RoundPlan) -> dict[str, State]:
+        if not self.on_clients:
+            return {}
+        device = next(iter(global_state.values())).device
+        return {"logits": {"student": self.task.kd_like(len(plan.extra["public_rows"]), device)["logits"]}}
+
+    # ---- the server -----------------------------------------------------------------------------
+    def server_step(self, step: ServerStep) -> None:
+        if self.teacher is None or step.sums.scalars["accepted"] <= 0:
+            return
+        t0 = time.perf_counter()
+        ensemble = None
+        if "logits" in step.sums.parts:
+            ensemble = step.sums.parts["logits"]["student"] / step.sums.scalars["weight"]
+        step.load(step.new)  # the aggregated student, in rank 0's model
+        rows = list(step.plan.extra["public_rows"])
+        step.record.update(self.teacher.after_aggregation(self.model, step.plan.round, rows, ensemble))
+        step.new = models.snapshot(models.get_trainable_state(self.model))  # the student after KD
+        step.retrained = True
+        step.record["time_server_kd_s"] = step.record.get("time_server_kd_s", 0.0) + time.perf_counter() - t0
+
+    def evaluate(self) -> dict[str, float]:
+        return self.teacher.evaluate() if self.teacher is not None else {}
+
+    # ---- state, bytes, the final model ----------------------------------------------------------
+    def state(self) -> tuple[State, dict[str, Any]]:
+        return self.teacher.state() if self.teacher is not None else ({}, {})
+
+    def load_state(self, tensors: State, extra: dict[str, Any], device: torch.device) -> None:
+        if self.teacher is not None and tensors:
+            self.teacher.load_state(tensors, extra)
+
+    def add_bytes(self, counts: ByteCount, plan: RoundPlan, global_state: State) -> None:
+        if not self.on_clients:
+            return
+        rows = len(plan.extra["public_rows"])
+        logits = sum(v.numel() for v in self.task.kd_like(rows, torch.device("meta")).values()) * 4
+        for c in plan.clients:  # the teacher's targets down, the student's logits up
+            counts.up[c] += logits
+            counts.down[c] += logits
+        counts.extra["bytes_logits"] = 2 * logits * len(plan.clients)
+
+    def save(self, run_dir: Path, model: nn.Module, tokenizer: Any) -> None:
+        if self.teacher is not None:
+            self.teacher.save(run_dir, model, tokenizer, self.cut)

@@ -1,0 +1,127 @@
+"""One client's local training: AdamW with a transformers schedule, mixed precision, the task's loss
+and the strategy's client terms. No collectives and no task specifics: the loss of a batch is the
+task's (`fl.tasks`), and every algorithm's local change (FedProx, SCAFFOLD, KD, FlexLoRA's mask) is
+a `ClientTerm` called at its place in the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from fl.config import Config
+from fl.strategies.base import ClientTerm, TrainResult
+
+
+def client_seed(seed: int, round_idx: int, client_id: int) -> int:
+    """A distinct, reproducible seed per (run seed, round, client): same on any rank layout."""
+    return (seed * 1_000_003 + round_idx * 10_007 + client_id * 101) % (2**31 - 1)
+
+
+@dataclass(frozen=True)
+class LocalSchedule:
+    """How one client trains in one round: AdamW with a transformers schedule over its local steps."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    weight_decay: float = 0.0
+    scheduler: str = "constant"  # transformers' get_scheduler name: constant | linear | cosine
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    head_lr: float | None = None  # the task head's own learning rate (None: lr)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> LocalSchedule:
+        return cls(
+            cfg.lr, cfg.local_epochs, cfg.batch_size, cfg.weight_decay, cfg.lr_scheduler,
+            cfg.warmup_steps, cfg.warmup_ratio, cfg.head_lr, cfg.precision,
+        )  # fmt: skip
+
+    def at(self, lr: float) -> LocalSchedule:
+        """The same schedule at a round's learning rate."""
+        return replace(self, lr=lr)
+
+    def warmup_for(self, total_steps: int) -> int:
+        return self.warmup_steps or math.ceil(self.warmup_ratio * total_steps)
+
+
+def param_groups(model: nn.Module, lr: float, head_lr: float | None, is_head: Callable[[str], bool]) -> list[dict]:
+    """Trainable parameters in one group, or two when the head has its own learning rate."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if head_lr is None:
+        return [{"params": [p for _, p in named], "lr": lr}]
+    head = [p for n, p in named if is_head(n)]
+    body = [p for n, p in named if not is_head(n)]
+    return [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_local(
+    model: nn.Module,
+    task: Any,
+    data: Any,
+    schedule: LocalSchedule,
+    *,
+    seed: int,
+    device: torch.device,
+    terms: Sequence[ClientTerm] = (),
+    params: dict[str, nn.Parameter] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """AdamW on the model's trainable parameters, fresh each call (per client and round).
+
+    `task` gives the batches and their loss; `terms` act on the loss and on `params` (the trainable
+    parameters keyed like the trainable state) around each step, in order.
+    """
+    from transformers import get_scheduler
+
+    torch.manual_seed(seed)  # dropout masks
+    groups = param_groups(model, schedule.lr, schedule.head_lr, task.is_head)
+    opt = torch.optim.AdamW(groups, weight_decay=schedule.weight_decay)
+    total = schedule.epochs * -(-len(data) // schedule.batch_size)
+    warmup = schedule.warmup_for(total)
+    name = "constant_with_warmup" if schedule.scheduler == "constant" and warmup else schedule.scheduler
+    sched = get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
+    scaler = torch.amp.GradScaler(device.type, enabled=schedule.precision == "fp16")
+    params = params if params is not None else {}
+    model.train()
+    loss_sum, seen, steps, lr_sum, lr = 0.0, 0, 0, 0.0, schedule.lr
+    for epoch in range(schedule.epochs):
+        for batch in task.train_batches(data, schedule.batch_size, seed + epoch):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast(device, schedule.precision):
+                loss, n = task.loss(model, batch)
+                for term in terms:
+                    loss = term.loss(model, loss)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            lr = opt.param_groups[0]["lr"]
+            for term in terms:
+                term.after_backward(params)
+            scaler.step(opt)
+            scaler.update()
+            for term in terms:
+                term.after_step(params, lr)
+            sched.step()
+            lr_sum += lr
+            loss_sum += float(loss.detach()) * n
+            seen += n
+            steps += 1
+            if on_step is not None:
+                on_step(n)
+    return TrainResult(len(data), loss_sum, seen, steps, lr_sum, lr)
