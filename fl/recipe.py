@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from fl.config import Config, ConfigError, range_text
+from fl.config import Config, ConfigError
+from fl.fields import range_text
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
