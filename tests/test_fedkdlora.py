@@ -102,7 +102,7 @@ def test_teacher_learns_from_example_weighted_mean_of_client_logits(kd_setup):
     s = prepare(cfg, comm.Runtime())  # rank 0 of a one-process world: the teacher is loaded too
     teacher = s.strategy.part(Distillation).teacher
     rows = public_rows(cfg.seed, 1, s.public_size, cfg.kd_public_examples)
-    targets = teacher.targets(rows)["logits"]
+    targets = teacher.targets(rows)
     public = teacher.public_s.subset(rows)
     glob = {k: v.detach().clone() for k, v in models.get_trainable_state(s.model).items()}
     sent, cpu = [], torch.device("cpu")
@@ -114,7 +114,7 @@ def test_teacher_learns_from_example_weighted_mean_of_client_logits(kd_setup):
         res = train_local(s.model, s.task, data, LocalSchedule(cfg.lr, 1, cfg.batch_size), seed=ctx.seed, device=cpu,
                           terms=[term])  # fmt: skip
         sent.append((res.num_examples, predict(s.model, public, cfg.eval_batch_size, cpu)))
-    ensemble = sum(n * z for n, z in sent) / sum(n for n, _ in sent)
+    ensemble = {"logits": sum(n * z for n, z in sent) / sum(n for n, _ in sent)}
     learn_from_targets(
         s.task,
         teacher.teacher,

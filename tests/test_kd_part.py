@@ -12,21 +12,30 @@ from fl.strategies.base import ByteCount, ClientContext, RoundPlan
 K = 3
 
 
+class Rows(list):
+    def subset(self, rows):
+        return Rows(self[i] for i in rows)
+
+
 class StubTask:
     """Rows are indices; the 'model' output for row i is the fixed logits table[i]."""
 
     table = torch.randn(20, K, generator=torch.Generator().manual_seed(0))
 
-    def kd_like(self, n, device):
-        return {"logits": torch.zeros(n, K, device=device)}
+    def kd_like(self, data, device):
+        return {"logits": torch.zeros(len(data), K, device=device)}
 
-    def kd_forward(self, model, data, rows, device, attentions=False):
-        return {"logits": self.table[[data[r] for r in rows]]}
+    def kd_reply_like(self, data, device):
+        return torch.zeros(len(data), K, device=device)
+
+    def kd_kl(self, model, data, rows, targets, temperature, device):
+        out = {"logits": self.table[[data[r] for r in rows]]}
+        return kl_divergence(out["logits"], targets["logits"][rows], temperature), out
 
 
 def part(on_clients: bool, **kw) -> Distillation:
     return Distillation(StubTask(), None, on_clients, public_size=20, per_round=8, seed=1, rounds=3, alpha=0.25,
-                        temperature=2.0, **kw)  # fmt: skip
+                        temperature=2.0, public=Rows(range(20)), **kw)  # fmt: skip
 
 
 def test_public_rows_are_seeded_per_round_and_join_the_plan():
@@ -56,11 +65,11 @@ def test_the_client_term_mixes_the_kl_on_the_next_public_batch():
     targets = torch.randn(8, K, generator=torch.Generator().manual_seed(1))
     ctx = ClientContext(0, RoundPlan(1, (0,), 0.1), {}, seed=5, batch_size=3, eval_batch_size=8,
                         device=torch.device("cpu"))  # fmt: skip
-    term = DistillTerm(StubTask(), data, targets, 0.25, 2.0, ctx)
+    term = DistillTerm(StubTask(), data, {"logits": targets}, 0.25, 2.0, ctx)
     rows = next(cycle_rows(8, 3, 5))
     got = term.loss(None, torch.tensor(1.0))
     kl = kl_divergence(StubTask.table[[data[r] for r in rows]], targets[rows], 2.0)
     torch.testing.assert_close(got, 0.75 * torch.tensor(1.0) + 0.25 * kl)
-    p = part(True, public=None)
-    p.targets = targets
-    assert p.client_terms(ctx) == []  # a rank without the public rows trains without KD
+    p = part(True, train_here=False)
+    p.targets = {"logits": targets}
+    assert p.client_terms(ctx) == []  # a rank that hosts no client trains without KD

@@ -47,7 +47,7 @@ def test_loss_head_and_distillation_shapes(task_and_model):
     assert n == 4 and loss.ndim == 0 and loss.item() > 0
     assert task.is_head("classifier.weight") and not task.is_head("bert.encoder.layer.0.attention.self.query.weight")
     targets = task.kd_targets(model, enc.subset(range(6)), 4, cpu)
-    assert targets["logits"].shape == (6, 2) == task.kd_like(6, cpu)["logits"].shape
+    assert targets["logits"].shape == (6, 2) == task.kd_like(enc.subset(range(6)), cpu)["logits"].shape
     out = task.kd_forward(model, enc, [0, 1, 2], cpu)
     assert out["logits"].shape == (3, 2) and out["labels"].tolist() == [enc.labels[i] for i in (0, 1, 2)]
     assert task.partition_labels([0, 1]) == task.train.labels[:2]

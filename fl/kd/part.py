@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from fl import models
-from fl.kd.losses import kl_divergence
 from fl.kd.teacher import TeacherServer
 from fl.models import ModelSpec
 from fl.strategies.base import ByteCount, ClientContext, ClientTerm, Part, RoundPlan, ServerStep, State, TrainResult
@@ -49,16 +48,14 @@ def cycle_rows(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
 class DistillTerm(ClientTerm):
     """Each local step also takes the next batch of public rows: loss = (1 - a) * loss + a * T^2 * KL."""
 
-    def __init__(self, task: Any, data: Any, targets: torch.Tensor, alpha: float, temperature: float,
+    def __init__(self, task: Any, data: Any, targets: State, alpha: float, temperature: float,
                  ctx: ClientContext):  # fmt: skip
         self.task, self.data, self.targets, self.alpha, self.temperature = task, data, targets, alpha, temperature
         self.device = ctx.device
         self.rows = cycle_rows(len(data), ctx.batch_size, ctx.seed)
 
     def loss(self, model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
-        rows = next(self.rows)
-        out = self.task.kd_forward(model, self.data, rows, self.device)
-        kl = kl_divergence(out["logits"], self.targets[rows].to(self.device), self.temperature)
+        kl, _ = self.task.kd_kl(model, self.data, next(self.rows), self.targets, self.temperature, self.device)
         return (1.0 - self.alpha) * loss + self.alpha * kl
 
 
@@ -76,10 +73,11 @@ class Distillation(Part):
     rounds: int
     alpha: float
     temperature: float
-    public: Any = None
+    public: Any = None  # the public slice, student tokenization (client ranks; rank 0: the teacher's copy)
     teacher: TeacherServer | None = None
     cut: ModelSpec | None = None  # the student's base, when it is cut from the teacher (student_layers)
-    targets: torch.Tensor | None = None  # the teacher's targets of this round (client ranks, from the downlink)
+    train_here: bool = True  # whether this rank hosts clients (and so trains with KD)
+    targets: State | None = None  # the teacher's targets of this round (every rank, from the downlink)
     name = "kd"
 
     def rows(self, round_idx: int) -> list[int]:
@@ -94,31 +92,32 @@ class Distillation(Part):
             return {}
         rows, t0 = self.rows(next_round), time.perf_counter()
         device = next(iter(global_state.values())).device
-        got = self.teacher.targets(rows) if self.teacher else self.task.kd_like(len(rows), device)
+        got = self.teacher.targets(rows) if self.teacher else self.task.kd_like(self.public.subset(rows), device)
         record["time_server_kd_s"] = record.get("time_server_kd_s", 0.0) + time.perf_counter() - t0
         return {"teacher": got}
 
     def read_down(self, parts: dict[str, State]) -> None:
-        self.targets = parts["teacher"]["logits"] if "teacher" in parts else None
+        self.targets = parts.get("teacher")
 
     def client_terms(self, ctx: ClientContext) -> list[ClientTerm]:
-        if self.targets is None or self.public is None:
+        if self.targets is None or not self.train_here:
             return []
         data = self.public.subset(ctx.plan.extra["public_rows"])
         return [DistillTerm(self.task, data, self.targets, self.alpha, self.temperature, ctx)]
 
     def client_finish(self, ctx: ClientContext, end: State, result: TrainResult, model: nn.Module) -> dict[str, State]:
-        if self.targets is None or self.public is None:
+        if self.targets is None or not self.train_here:
             return {}
         data = self.public.subset(ctx.plan.extra["public_rows"])
-        logits = self.task.kd_targets(model, data, ctx.eval_batch_size, ctx.device)["logits"]
-        return {"logits": {"student": logits * float(result.num_examples)}}
+        reply = self.task.kd_reply(model, data, self.targets, ctx.eval_batch_size, ctx.device)
+        return {"logits": {"student": reply * float(result.num_examples)}}
 
     def upload(self, global_state: State, plan: RoundPlan) -> dict[str, State]:
         if not self.on_clients:
             return {}
         device = next(iter(global_state.values())).device
-        return {"logits": {"student": self.task.kd_like(len(plan.extra["public_rows"]), device)["logits"]}}
+        data = self.public.subset(plan.extra["public_rows"])
+        return {"logits": {"student": self.task.kd_reply_like(data, device)}}
 
     # ---- the server -----------------------------------------------------------------------------
     def server_step(self, step: ServerStep) -> None:
@@ -126,8 +125,9 @@ class Distillation(Part):
             return
         t0 = time.perf_counter()
         ensemble = None
-        if "logits" in step.sums.parts:
-            ensemble = step.sums.parts["logits"]["student"] / step.sums.scalars["weight"]
+        if "logits" in step.sums.parts:  # the clients' example-weighted mean reply, as the teacher's targets
+            mean = step.sums.parts["logits"]["student"] / step.sums.scalars["weight"]
+            ensemble = self.task.kd_as_targets(mean, self.targets)
         step.load(step.new)  # the aggregated student, in rank 0's model
         rows = list(step.plan.extra["public_rows"])
         step.record.update(self.teacher.after_aggregation(self.model, step.plan.round, rows, ensemble))
@@ -149,12 +149,13 @@ class Distillation(Part):
     def add_bytes(self, counts: ByteCount, plan: RoundPlan, global_state: State) -> None:
         if not self.on_clients:
             return
-        rows = len(plan.extra["public_rows"])
-        logits = sum(v.numel() for v in self.task.kd_like(rows, torch.device("meta")).values()) * 4
-        for c in plan.clients:  # the teacher's targets down, the student's logits up
-            counts.up[c] += logits
-            counts.down[c] += logits
-        counts.extra["bytes_logits"] = 2 * logits * len(plan.clients)
+        data, meta = self.public.subset(plan.extra["public_rows"]), torch.device("meta")
+        down = sum(v.numel() for v in self.task.kd_like(data, meta).values()) * 4
+        up = self.task.kd_reply_like(data, meta).numel() * 4
+        for c in plan.clients:  # the teacher's targets down, the student's reply up
+            counts.up[c] += up
+            counts.down[c] += down
+        counts.extra["bytes_logits"] = (up + down) * len(plan.clients)
 
     def save(self, run_dir: Path, model: nn.Module, tokenizer: Any) -> None:
         if self.teacher is not None:

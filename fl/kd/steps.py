@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fl.config import Config
-from fl.kd.losses import attention_loss, kd_loss
+from fl.kd.losses import attention_loss, kd_loss, with_ce
 
 
 @dataclass(frozen=True)
@@ -87,22 +87,21 @@ def learn_from_targets(
     task: Any,
     model: nn.Module,
     data: Any,
-    targets: torch.Tensor,
+    targets: dict[str, torch.Tensor],
     kd: DistillSettings,
     opt: torch.optim.Optimizer,
     seed: int,
     device: torch.device,
 ) -> float:
-    """The teacher learns from the clients' ensemble logits [P, K] on the public rows; mean loss."""
+    """The teacher learns from the clients' ensemble (the task's targets of the public rows); mean loss."""
     torch.manual_seed(seed)  # dropout masks
     model.train()
     total, n = 0.0, 0
-    targets = targets.to(device)
     for epoch in range(kd.epochs):
         for pos in _batches(len(data), kd.batch_size, seed + epoch):
-            out = task.kd_forward(model, data, pos, device)
+            kl, out = task.kd_kl(model, data, pos, targets, kd.temperature, device)
             labels = out["labels"]
-            loss = kd_loss(out["logits"], targets[pos], labels, alpha=kd.alpha, temperature=kd.temperature)
+            loss = with_ce(kl, out["logits"], labels, kd.alpha)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

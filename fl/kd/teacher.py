@@ -71,7 +71,7 @@ class TeacherServer:
         return self.task.kd_targets(self.teacher, self.public_t.subset(rows), self.eval_batch_size, self.device)
 
     def after_aggregation(
-        self, student: nn.Module, round_idx: int, rows: list[int], ensemble: torch.Tensor | None
+        self, student: nn.Module, round_idx: int, rows: list[int], ensemble: dict[str, torch.Tensor] | None
     ) -> dict[str, float]:
         """Mutual distillation (server placement) or the teacher learning from the clients' ensemble."""
         seed = self.seed * 31 + round_idx

@@ -3,6 +3,8 @@ evaluation as metric sums, the metrics, the head, distillation targets). The rou
 the strategy know none of it: they call the `Task` protocol.
 
 - `classify` (`tasks/classify.py`): sequence classification (SST-2, CoLA, Rotten Tomatoes, your files).
+- `causal_lm` (`tasks/causal_lm.py`, with `lm_data.py` and `lm_encode.py`): decoder LLMs, instruction
+  tuning and LM fine-tuning, perplexity and generated-answer accuracy, top-k KD on token logits.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class Task(Protocol):
         """What label-skewed partitions split on (None: the task has no labels)."""
         ...
 
+    def partition_groups(self, rows: Sequence[int]) -> list[str] | None:
+        """The rows' natural groups (partition=natural: e.g. the play), or None."""
+        ...
+
     # ---- training -------------------------------------------------------------------------------
     def train_batches(self, data: Any, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]: ...
 
@@ -66,13 +72,29 @@ class Task(Protocol):
 
     def metrics(self, sums: Message) -> dict[str, float]: ...
 
-    # ---- distillation ---------------------------------------------------------------------------
+    # ---- distillation ----------------------------------------------------------------------
+    # rows are encoded public rows (`data`); what travels is named tensors (State)
     def kd_targets(self, model: nn.Module, data: Any, batch_size: int, device: torch.device) -> State:
-        """What a teacher (or the clients' ensemble) sends for the rows of `data`."""
+        """What a teacher sends for the rows of `data` (classify: logits; causal_lm: top-k probabilities)."""
         ...
 
-    def kd_like(self, num_rows: int, device: torch.device) -> State:
-        """Zeros of `kd_targets` for that many rows."""
+    def kd_like(self, data: Any, device: torch.device) -> State:
+        """Zeros of `kd_targets` for those rows."""
+        ...
+
+    def kd_reply(self, model: nn.Module, data: Any, targets: State, batch_size: int, device: torch.device) -> Any:
+        """What a client sends back for the rows, given the teacher's targets (one tensor)."""
+        ...
+
+    def kd_reply_like(self, data: Any, device: torch.device) -> torch.Tensor: ...
+
+    def kd_as_targets(self, ensemble: torch.Tensor, sent: State | None) -> State:
+        """The clients' mean reply as targets for the teacher (`sent`: what the teacher sent this round)."""
+        ...
+
+    def kd_kl(self, model: nn.Module, data: Any, rows: Sequence[int], targets: State, temperature: float,
+              device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+        """T^2 KL(targets || model) on a batch of rows, and the model's outputs there (logits, labels)."""
         ...
 
     def kd_forward(self, model: nn.Module, data: Any, rows: Sequence[int], device: torch.device,
@@ -83,6 +105,10 @@ class Task(Protocol):
 
 def build_task(cfg: Config) -> Task:
     """The task of a config, its data loaded and checked."""
+    if cfg.task_kind == "causal_lm":
+        from fl.tasks.causal_lm import CausalLMTask
+
+        return CausalLMTask.from_config(cfg)
     from fl.tasks.classify import ClassifyTask
 
     return ClassifyTask.from_config(cfg)

@@ -21,6 +21,7 @@ from torch import nn
 from fl import models, sources
 from fl.config import Config, ConfigError
 from fl.data import LabelledData, TextDataset, load_labelled
+from fl.kd.losses import kl_divergence
 from fl.message import Message
 from fl.metrics import classification_metrics, confusion_matrix
 
@@ -190,6 +191,9 @@ class ClassifyTask:
         labels = self.train.labels
         return [labels[i] for i in rows]
 
+    def partition_groups(self, rows: Sequence[int]) -> list[str] | None:
+        return None
+
     # ---- training -------------------------------------------------------------------------------
     def train_batches(self, data: Encoded, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         return train_batches(data, batch_size, seed)
@@ -225,12 +229,31 @@ class ClassifyTask:
         cm = sums.parts["eval"]["confusion"].round().long().cpu()
         return classification_metrics(cm, sums.scalars["eval.loss_sum"])
 
-    # ---- distillation ---------------------------------------------------------------------------
+    # ---- distillation ----------------------------------------------------------------------
     def kd_targets(self, model: nn.Module, data: Encoded, batch_size: int, device: torch.device) -> State:
         return {"logits": predict(model, data, batch_size, device)}  # [P, K]
 
-    def kd_like(self, num_rows: int, device: torch.device) -> State:
-        return {"logits": torch.zeros(num_rows, self.num_labels, device=device)}
+    def kd_like(self, data: Encoded, device: torch.device) -> State:
+        return {"logits": torch.zeros(len(data), self.num_labels, device=device)}
+
+    def kd_reply(self, model: nn.Module, data: Encoded, targets: State, batch_size: int, device: torch.device):
+        """What a client sends up: its own logits on the public rows [P, K]."""
+        return predict(model, data, batch_size, device)
+
+    def kd_reply_like(self, data: Encoded, device: torch.device) -> torch.Tensor:
+        return torch.zeros(len(data), self.num_labels, device=device)
+
+    def kd_as_targets(self, ensemble: torch.Tensor, sent: State | None) -> State:
+        """The clients' mean reply as targets for the teacher: their mean logits."""
+        return {"logits": ensemble}
+
+    def kd_kl(
+        self, model: nn.Module, data: Encoded, rows: Sequence[int], targets: State, temperature: float,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+        """T^2 KL(targets || model) on the rows, and the model's outputs there (logits, labels)."""
+        out = self.kd_forward(model, data, rows, device)
+        return kl_divergence(out["logits"], targets["logits"][list(rows)].to(device), temperature), out
 
     def kd_forward(
         self, model: nn.Module, data: Encoded, rows: Sequence[int], device: torch.device, attentions: bool = False

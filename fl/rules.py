@@ -1,0 +1,101 @@
+"""The rules of `fl.config.Config` that join several keys, as a mixin: each names the keys and the fix.
+
+`Config.validate` checks every field by its own kind first (`fl.fields`), then calls these.
+"""
+
+from __future__ import annotations
+
+from fl.fields import ConfigError, parse_ranks
+
+
+class CrossKeyRules:
+    """Cross-key checks over the fields of `Config` (which inherits them)."""
+
+    scheme: str
+    task: str
+    task_kind: str
+    lora_aggregation: str
+    lora_ranks: str | None
+    lora_r: int
+    num_clients: int
+    server_optimizer: str
+    server_lr: float
+    server_betas: str
+    aggregation: str
+    scaffold: bool
+    dp_clip: float | None
+    kd_placement: str
+    kd_attention_weight: float
+    load_in_4bit: bool
+
+    def check_lora_aggregation(self) -> None:
+        mode = self.lora_aggregation
+        if mode != "fedit" and self.scheme == "fedavg":
+            raise ConfigError(f"lora_aggregation={mode} needs LoRA: use scheme=fedlora or fedkdlora")
+        if self.lora_ranks is not None and mode != "flex":
+            raise ConfigError("lora_ranks works with lora_aggregation=flex only; set lora_aggregation=flex")
+        if mode in ("fedex", "flex"):
+            plain = self.server_optimizer == "sgd" and self.server_lr == 1.0 and self.aggregation == "mean"
+            if not plain:
+                raise ConfigError(
+                    f"lora_aggregation={mode} is the exact mean of the clients' updates: use aggregation=mean "
+                    "and server_optimizer=sgd server_lr=1, or lora_aggregation=fedit|ffa"
+                )
+        if mode == "flex" and self.scaffold:
+            raise ConfigError("scaffold=true does not combine with lora_aggregation=flex (clients of different ranks)")
+        if self.lora_ranks is not None:
+            try:
+                parse_ranks(self.lora_ranks, self.num_clients, self.lora_r)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+
+    def check_task_kind(self) -> None:
+        if self.task_kind == "classify":
+            if self.task == "shakespeare":
+                raise ConfigError("task=shakespeare is text for a language model; set task_kind=causal_lm")
+            if self.load_in_4bit:
+                raise ConfigError("load_in_4bit=true is for causal LMs (QLoRA); set task_kind=causal_lm")
+            return
+        if self.task in ("sst2", "cola"):
+            raise ConfigError(
+                f"task={self.task} is a classification dataset; task_kind=causal_lm takes task=rotten_tomatoes "
+                "(as sentiment instructions), shakespeare, csv or hf"
+            )
+        if self.load_in_4bit and self.scheme == "fedavg":
+            raise ConfigError("load_in_4bit=true freezes the 4-bit base: use scheme=fedlora or fedkdlora (QLoRA)")
+        if self.kd_attention_weight > 0:
+            raise ConfigError("kd_attention_weight works with classifiers; set it to 0 for task_kind=causal_lm")
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_clip is not None
+
+    def check_privacy(self) -> None:
+        if not self.dp:
+            for key in ("dp_target_epsilon", "dp_delta"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"{key} needs DP: set dp_clip=<L2 bound> (e.g. 1.0)")
+            return
+        if self.aggregation != "mean":
+            raise ConfigError(
+                f"dp_clip with aggregation={self.aggregation}: DP-FedAvg noises a sum; use aggregation=mean"
+            )
+        if self.scheme == "fedkdlora" and self.kd_placement == "clients":
+            raise ConfigError(
+                "dp_clip with kd_placement=clients: the clients' logits would leave them unclipped and un-noised; "
+                "use kd_placement=server (the teacher then learns from the noised global model and public data)"
+            )
+        if self.scaffold:
+            raise ConfigError("dp_clip with scaffold=true: the control variates would leave the clients un-noised")
+        if self.lora_aggregation in ("fedex", "flex"):
+            raise ConfigError(f"dp_clip with lora_aggregation={self.lora_aggregation}: its products travel un-noised")
+
+    def server_beta_pair(self) -> tuple[float, float]:
+        """server_betas as (beta1, beta2), each in [0, 1)."""
+        try:
+            b1, b2 = (float(x) for x in self.server_betas.split(","))
+        except ValueError:
+            raise ConfigError(f"server_betas={self.server_betas!r} must be two numbers, e.g. 0.9,0.99") from None
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ConfigError(f"server_betas={self.server_betas!r}: each beta must be in [0, 1)")
+        return b1, b2
