@@ -90,7 +90,8 @@ class Config(CrossKeyRules):
     max_new_tokens: int | None = _f(
         None,
         "causal_lm: tokens generated per test row to score answers (exact match, choice accuracy); 0: loss "
-        "only; unset: the longest test answer + 2 when every answer is short (<= 30 tokens), else 0",
+        "only; unset: the longest test answer + 8 (room for a sentence around it) when every answer is short "
+        "(<= 24 tokens), else 0",
         lo=0,
         hi=4096,
     )
