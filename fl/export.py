@@ -3,7 +3,7 @@
 Without --merge: the adapter (or the full model of FedAvg / FedEx-LoRA), copied with a model card.
 With --merge: the adapter merged into its base (peft's `merge_and_unload`), saved with
 `save_pretrained` as a standalone model that `AutoModelForSequenceClassification.from_pretrained`
-loads. Either way a `README.md` model card records the federated setting in the Hugging Face
+(or, for task_kind=causal_lm, `AutoModelForCausalLM.from_pretrained`) loads. Either way a `README.md` model card records the federated setting in the Hugging Face
 model-card format (YAML metadata, then text).
 """
 
@@ -21,24 +21,28 @@ from fl.rundir import save_pretrained_atomic
 def model_card(doc: dict[str, Any], merged: bool, base: str) -> str:
     """YAML front matter (library, base model, tags, metrics) and a description of the run."""
     cfg, last = doc["config"], doc["rounds"][-1]
+    causal = cfg.get("task_kind") == "causal_lm"
     metric = "test_mcc" if cfg.get("task") == "cola" else "test_accuracy"
+    if causal and last.get("test_accuracy") is None:
+        metric = "test_perplexity"
     peft = not merged and cfg.get("scheme") != "fedavg" and cfg.get("lora_aggregation") != "fedex"
     data = cfg.get("dataset") or cfg.get("task")
     front = [
         "---",
         f"library_name: {'peft' if peft else 'transformers'}",
         f"base_model: {base}",
-        "pipeline_tag: text-classification",
+        f"pipeline_tag: {'text-generation' if causal else 'text-classification'}",
         "tags:\n- federated-learning\n- fl\n" + (f"- {cfg.get('scheme')}\n" if cfg.get("scheme") else "").rstrip(),
         f"datasets:\n- {data}",
         "model-index:",
         f"- name: {Path(cfg.get('output_dir', '.')).name}/{cfg.get('run_name') or 'run'}",
         "  results:",
-        "  - task:\n      type: text-classification",
+        f"  - task:\n      type: {'text-generation' if causal else 'text-classification'}",
         f"    dataset:\n      name: {data}\n      type: {data}",
         "    metrics:",
         f"    - type: accuracy\n      value: {last.get('test_accuracy')}",
-        f"    - type: matthews_correlation\n      value: {last.get('test_mcc')}",
+        f"    - type: {'perplexity' if causal else 'matthews_correlation'}\n      value: "
+        f"{last.get('test_perplexity' if causal else 'test_mcc')}",
         "---",
     ]
     rows = "\n".join(
@@ -49,6 +53,7 @@ def model_card(doc: dict[str, Any], merged: bool, base: str) -> str:
                                       "partition", "lora_r", "lora_aggregation", "server_optimizer", "dp_clip")
         if cfg.get(k) is not None
     )  # fmt: skip
+    finals = ", ".join(f"{k[5:]} {v}" for k, v in last.items() if k.startswith("test_"))
     body = f"""
 # Federated fine-tuning of {base}
 
@@ -56,8 +61,7 @@ Trained with [fl](https://github.com/) ({cfg.get("scheme")}) on `{data}`: {cfg.g
 {cfg.get("rounds")} rounds; {"a standalone model (adapter merged into its base)" if not peft else "a peft adapter"}.
 
 - settings: {settings}
-- final test metrics (round {last["round"]}): accuracy {last.get("test_accuracy")}, MCC {last.get("test_mcc")},
-  loss {last.get("test_loss")}
+- final test metrics (round {last["round"]}): {finals}
 - environment: torch {doc.get("env", {}).get("torch")}, transformers {doc.get("env", {}).get("transformers")},
   peft {doc.get("env", {}).get("peft")}
 
@@ -97,9 +101,12 @@ def export(run_dir: str, merge: bool = False, out: str | None = None) -> Path:
         base = doc.get("model_path", "")
     if merge and adapter.is_dir():
         from peft import PeftModel
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-        base_model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=head_labels(adapter))
+        if doc["config"].get("task_kind") == "causal_lm":
+            base_model = AutoModelForCausalLM.from_pretrained(base)
+        else:
+            base_model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=head_labels(adapter))
         model = PeftModel.from_pretrained(base_model, adapter).merge_and_unload()
         save_pretrained_atomic(model, AutoTokenizer.from_pretrained(adapter), target)
     else:  # the adapter, or a model that is already whole (FedAvg, FedEx-LoRA's merged export)

@@ -175,7 +175,8 @@ def rows_of_files(cfg: Config, raw: dict[str, Any], where: str, tokenizer: Any) 
     fmt = cfg.lm_format
     if fmt == "auto":
         cols = raw["train"].column_names
-        fmt = "chat" if cfg.messages_column in cols or cfg.instruction_column in cols else "text"
+        chat = cfg.messages_column in cols or cfg.instruction_column in cols
+        fmt = "chat" if chat or cfg.text_column not in cols else "text"  # neither: the chat error names them all
     if fmt == "text":
         from datasets import Dataset
 
