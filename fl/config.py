@@ -160,6 +160,12 @@ class Config(CrossKeyRules):
     )
     rounds: int = _f(3, "federated rounds", lo=1, hi=100_000)
     local_epochs: int = _f(1, "epochs each client trains per round", lo=1, hi=10_000)
+    max_local_steps: int | None = _f(
+        None,
+        "at most this many optimizer steps per client and round (unset: local_epochs over the shard)",
+        lo=1,
+        hi=BIG,
+    )
     batch_size: int = _f(16, "training batch size", lo=1, hi=1_000_000)
     eval_batch_size: int = _f(128, "evaluation batch size", lo=1, hi=1_000_000)
     lr: float = _f(2e-3, "AdamW learning rate on the clients", lo=0, hi=10, open_lo=True)

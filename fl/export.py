@@ -3,8 +3,9 @@
 Without --merge: the adapter (or the full model of FedAvg / FedEx-LoRA), copied with a model card.
 With --merge: the adapter merged into its base (peft's `merge_and_unload`), saved with
 `save_pretrained` as a standalone model that `AutoModelForSequenceClassification.from_pretrained`
-(or, for task_kind=causal_lm, `AutoModelForCausalLM.from_pretrained`) loads. Either way a `README.md` model card records the federated setting in the Hugging Face
-model-card format (YAML metadata, then text).
+(or, for task_kind=causal_lm, `AutoModelForCausalLM.from_pretrained`) loads. Either way a
+`README.md` model card records the federated setting in the Hugging Face model-card format (YAML
+metadata, then text).
 """
 
 from __future__ import annotations

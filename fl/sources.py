@@ -156,7 +156,8 @@ def load_files(train_file: str, test_file: str, text: str, pair: str | None, lab
 
 
 def load_hub_rows(name: str, config: str | None, splits: tuple[str, str]) -> dict[str, Any]:
-    """Two splits of any hub dataset (or one already in the local cache), as they are."""
+    """Two splits of any hub dataset (or one already in the local cache), as they are. A split may be a
+    `datasets` slice such as train[:95%] / train[95%:] (for datasets with one split, e.g. alpaca-gpt4)."""
     from datasets import load_dataset
 
     quiet_datasets()
@@ -167,10 +168,16 @@ def load_hub_rows(name: str, config: str | None, splits: tuple[str, str]) -> dic
         except Exception as err:
             why = "the hub is unreachable and it is not in the local cache" if offline else str(err).splitlines()[0]
             raise ConfigError(f"dataset={name!r} cannot be loaded ({why}); check the name or use task=csv") from None
-    for split in splits:
-        if split not in dd:
-            raise ConfigError(f"dataset={name!r} has no split {split!r}; choose from {list(dd)}")
-    return {"train": dd[splits[0]], "test": dd[splits[1]]}
+        out = {}
+        for key, split in zip(("train", "test"), splits, strict=True):
+            if split in dd:
+                out[key] = dd[split]
+                continue
+            try:  # a slice of a split: load_dataset's own syntax
+                out[key] = load_dataset(name, config, split=split)
+            except Exception:
+                raise ConfigError(f"dataset={name!r} has no split {split!r}; choose from {list(dd)}") from None
+    return out
 
 
 def load_hub(name: str, config: str | None, splits: tuple[str, str], text: str, pair: str | None, label: str):

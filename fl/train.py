@@ -37,13 +37,19 @@ class LocalSchedule:
     warmup_ratio: float = 0.0
     head_lr: float | None = None  # the task head's own learning rate (None: lr)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
+    max_steps: int | None = None  # a cap on the optimizer steps of one client round (FlowerTune's max_steps)
 
     @classmethod
     def from_config(cls, cfg: Config) -> LocalSchedule:
         return cls(
             cfg.lr, cfg.local_epochs, cfg.batch_size, cfg.weight_decay, cfg.lr_scheduler,
-            cfg.warmup_steps, cfg.warmup_ratio, cfg.head_lr, cfg.precision,
+            cfg.warmup_steps, cfg.warmup_ratio, cfg.head_lr, cfg.precision, cfg.max_local_steps,
         )  # fmt: skip
+
+    def steps_for(self, num_examples: int) -> int:
+        """Optimizer steps of one client round over `num_examples` rows."""
+        steps = self.epochs * -(-num_examples // self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
 
     def at(self, lr: float) -> LocalSchedule:
         """The same schedule at a round's learning rate."""
@@ -92,7 +98,7 @@ def train_local(
     torch.manual_seed(seed)  # dropout masks
     groups = param_groups(model, schedule.lr, schedule.head_lr, task.is_head)
     opt = torch.optim.AdamW(groups, weight_decay=schedule.weight_decay)
-    total = schedule.epochs * -(-len(data) // schedule.batch_size)
+    total = schedule.steps_for(len(data))
     warmup = schedule.warmup_for(total)
     name = "constant_with_warmup" if schedule.scheduler == "constant" and warmup else schedule.scheduler
     sched = get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
@@ -101,7 +107,11 @@ def train_local(
     model.train()
     loss_sum, seen, steps, lr_sum, lr = 0.0, 0, 0, 0.0, schedule.lr
     for epoch in range(schedule.epochs):
+        if steps >= total:
+            break
         for batch in task.train_batches(data, schedule.batch_size, seed + epoch):
+            if steps >= total:
+                break
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast(device, schedule.precision):
                 loss, n = task.loss(model, batch)

@@ -274,3 +274,41 @@ def test_every_numeric_key_with_extreme_values(tmp_path, tiny_overrides, capsys,
                 assert doc["status"] == "completed"
     assert len(outcomes) == 6 * len(numeric_keys()) >= 6 * 40
     assert 0 in outcomes.values() and 2 in outcomes.values()
+
+
+LM_CASES = [
+    ("causal-on-classifier", ["model={classifier}"], "is a BertForSequenceClassification, not a causal language model"),
+    ("causal-missing-columns", ["train_file={nocols}"], "no column 'instruction'"),
+    ("causal-prompt-too-long", ["max_length=8"], "no room for a response in max_length=8"),
+    ("causal-tokenizer-without-pad", ["model={nopad}"], "has no pad token and no EOS token"),
+    ("causal-qlora-on-cpu", ["load_in_4bit=true"], "load_in_4bit=true needs a CUDA GPU"),
+    ("causal-on-glue-task", ["task=sst2"], "task=sst2 is a classification dataset"),
+]
+
+
+@pytest.mark.parametrize("case", LM_CASES, ids=[c[0] for c in LM_CASES])
+def test_bad_causal_input(case, tmp_path, tiny_model_dir, tiny_llama_dir, tiny_sft, capsys, monkeypatch):
+    import shutil
+
+    from tests.conftest import lm_overrides
+
+    if case[0] == "causal-qlora-on-cpu" and torch.cuda.is_available():
+        pytest.skip("the refusal is the CPU's")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "nocols.jsonl").write_text('{"question": "x", "answer": "y"}\n')
+    nopad = tmp_path / "nopad"
+    shutil.copytree(tiny_llama_dir, nopad)
+    tok_cfg = json.loads((nopad / "tokenizer_config.json").read_text())
+    tok_cfg.pop("pad_token", None)
+    tok_cfg.pop("eos_token", None)
+    (nopad / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    files = {"classifier": str(tiny_model_dir), "nocols": str(tmp_path / "nocols.jsonl"), "nopad": str(nopad)}
+    extra = [e.format(**files) for e in case[1]]
+    keys = {e.split("=")[0] for e in extra}
+    out = tmp_path / "out"
+    over = [o for o in lm_overrides(tiny_llama_dir, *tiny_sft, out, "lm") if o.split("=")[0] not in keys] + extra
+    capsys.readouterr()
+    assert main(["run", RECIPE, *over]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and case[2] in err and len(err.splitlines()) == 1, err
+    assert not out.exists()  # nothing written

@@ -139,3 +139,15 @@ def test_schemes_take_the_task_recipes_settings():
     lora = task_lora_settings("cola")
     assert f"lr={recipe['lr']}" in lora and f"lora_dropout={recipe['lora_dropout']}" in lora
     assert task_lora_settings("rotten_tomatoes", SHARED_KEYS) == []
+
+
+def test_llm_quick(tmp_path, tiny_llama_dir):
+    from bench import llm
+
+    path = llm.main(["--quick", "--model", str(tiny_llama_dir), "--out", str(tmp_path), "--nproc", "1",
+                     "--top-k", "4", "long_prompts=skip"])  # fmt: skip
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert set(doc["results"]) == {"FedLoRA (fedit)", "FFA-LoRA", "FedKDLoRA (client KD, top-k)"}
+    kd = doc["results"]["FedKDLoRA (client KD, top-k)"]["rounds"][1]
+    assert kd["bytes_logits"] > 0 and "teacher_test_perplexity" in kd
+    assert (tmp_path / "llm-quick.png").stat().st_size > 0 and "python -m bench.llm" in path.read_text()

@@ -47,7 +47,8 @@ def test_the_chat_template_builds_the_prompt_and_the_plain_template_otherwise():
     assert tok.decode(prompt).startswith("<user>")
     plain = lm_tokenizer(False)
     _, _, prompt = chat_row(plain, ROW, False)
-    assert plain.decode(prompt, skip_special_tokens=True).split() == "### Instruction : review : good movie ? ### Response :".split()
+    words = "### Instruction : review : good movie ? ### Response :".split()
+    assert plain.decode(prompt, skip_special_tokens=True).split() == words
 
 
 def test_packing_cuts_exact_blocks_of_the_token_stream():
@@ -84,7 +85,8 @@ def test_topk_kd_is_the_dense_kd_at_full_vocabulary_and_shrinks_the_bytes():
     g = torch.Generator().manual_seed(0)
     s, t, temp = torch.randn(12, 40, generator=g), torch.randn(12, 40, generator=g), 2.0
     top = F.softmax(t / temp, dim=-1).topk(40, dim=-1)
-    torch.testing.assert_close(topk_kl(s, top.values, top.indices, temp), kl_divergence(s, t, temp), rtol=1e-5, atol=1e-6)
+    dense = kl_divergence(s, t, temp)
+    torch.testing.assert_close(topk_kl(s, top.values, top.indices, temp), dense, rtol=1e-5, atol=1e-6)
     small = F.softmax(t / temp, dim=-1).topk(5, dim=-1)
     cut = topk_kl(s, small.values, small.indices, temp)
     assert 0 < cut < kl_divergence(s, t, temp)  # the tail bucket: a lower bound of the dense KL
@@ -127,3 +129,17 @@ def test_bad_causal_inputs_are_one_line(tiny_model_dir, tiny_llama_dir, tiny_sft
         quantized(True)
     with pytest.raises(ConfigError, match="causal_lm takes task=rotten_tomatoes"):
         Config(task_kind="causal_lm", task="sst2")
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama_dir, tiny_sft):
+    grads = []
+    for flag in (False, True):
+        task, _ = task_of(tiny_llama_dir, tiny_sft, gradient_checkpointing=flag)
+        model, tok, _ = task.build_model(models.ModelSpec(str(tiny_llama_dir), None, False, 0, None))
+        model.train()
+        batch = next(task.train_batches(task.encode(tok, task.train), 4, seed=0))
+        loss, _ = task.loss(model, batch)
+        loss.backward()
+        grads.append((loss.item(), model.model.layers[0].mlp.up_proj.weight.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)

@@ -67,16 +67,17 @@ def test_export_adapter_and_merged_model_generate_as_the_run(tmp_path, tiny_llam
 
     over = lm_overrides(tiny_llama_dir, *tiny_sft, tmp_path, "r") + ["rounds=1", "max_new_tokens=2"]
     run(load_config(RECIPE, over))
-    assert main(["export", str(tmp_path / "r")]) == 0 and main(["export", str(tmp_path / "r"), "--merge",
-                                                                    "--out", str(tmp_path / "merged")]) == 0  # fmt: skip
+    assert main(["export", str(tmp_path / "r")]) == 0
+    assert main(["export", str(tmp_path / "r"), "--merge", "--out", str(tmp_path / "merged")]) == 0
     cfg = json.loads((tmp_path / "r" / "export" / "adapter_config.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"])  # plain transformers loads the base
     peft_model = PeftModel.from_pretrained(base, tmp_path / "r" / "export")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert not hasattr(merged, "peft_config")
     tok = AutoTokenizer.from_pretrained(tmp_path / "r" / "export")
-    prompt = tok.apply_chat_template([{"role": "user", "content": "review : good movie ?"}],
-                                     add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")  # fmt: skip
+    user = [{"role": "user", "content": "review : good movie ?"}]
+    prompt = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                     return_tensors="pt")  # fmt: skip
     a = peft_model.generate(**prompt, max_new_tokens=3, do_sample=False)
     b = merged.generate(**prompt, max_new_tokens=3, do_sample=False)
     assert torch.equal(a, b) and a.shape[1] > prompt["input_ids"].shape[1]

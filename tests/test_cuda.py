@@ -98,3 +98,26 @@ def test_kill_and_resume_on_the_gpu_is_bit_identical_and_resumes_on_cpu(tmp_path
     cpu = [o for o in cpu if o != "rounds=3"]
     doc = run(load_config(RECIPE, cpu))
     assert [r["round"] for r in doc["rounds"]] == [0, 1, 2, 3, 4] and doc["env"]["device"] == "cpu"
+
+
+def test_causal_lm_on_the_gpu_matches_torchrun_sharing_it(tmp_path, tiny_llama_dir, tiny_sft):
+    from tests.conftest import lm_overrides
+
+    over = lm_overrides(tiny_llama_dir, *tiny_sft, tmp_path, "one") + ["device=cuda", "max_new_tokens=2"]
+    one = run(load_config(RECIPE, over))
+    proc = run_torchrun(3, [o for o in over if not o.startswith("run_name")] + ["run_name=three"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    three = json.loads((tmp_path / "three" / "results.json").read_text())
+    for x, y in zip(one["rounds"], three["rounds"], strict=True):
+        assert x["test_loss"] == pytest.approx(y["test_loss"], abs=1e-4)
+
+
+def test_qlora_trains_a_4bit_causal_lm(tmp_path, tiny_llama_dir, tiny_sft):
+    pytest.importorskip("bitsandbytes")
+    from tests.conftest import lm_overrides
+
+    over = lm_overrides(tiny_llama_dir, *tiny_sft, tmp_path, "q") + ["device=cuda", "load_in_4bit=true",
+                                                                     "max_new_tokens=0", "rounds=1"]  # fmt: skip
+    doc = run(load_config(RECIPE, over))
+    assert doc["rounds"][1]["test_loss"] < doc["rounds"][0]["test_loss"] + 1.0
+    assert (tmp_path / "q" / "adapter" / "adapter_model.safetensors").is_file()

@@ -76,3 +76,10 @@ def test_head_gets_its_own_learning_rate_and_seeds_differ_per_client():
     assert [g["lr"] for g in groups] == [0.1, 0.5] and [len(g["params"]) for g in groups] == [1, 1]
     assert len(param_groups(nn.Linear(3, 1), 0.1, None, LineTask().is_head)) == 1
     assert client_seed(42, 1, 0) != client_seed(42, 1, 1) != client_seed(42, 2, 1)
+
+
+def test_max_steps_caps_a_client_round():
+    model = nn.Linear(3, 1)
+    res = train_local(model, LineTask(), rows(8), LocalSchedule(0.1, 3, 2, max_steps=5), seed=1,
+                      device=torch.device("cpu"))  # fmt: skip
+    assert res.steps == 5 and res.examples_seen == 10 and LocalSchedule(0.1, 3, 2).steps_for(8) == 12
