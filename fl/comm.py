@@ -25,7 +25,9 @@ from fl.placement import Layout, describe, plan_layout, relay_group
 
 @dataclass
 class Runtime:
-    """Where this process stands: rank, world, device, layout; `client_group` is set in relay layouts."""
+    """Where this process stands: rank, world, device, layout, and its groups: `client_group` (the
+    client leaders, in relay layouts), and when clients span several ranks `fed_group` (rank 0 and
+    the leaders) and `my_group` (this rank's client group)."""
 
     rank: int = 0
     world_size: int = 1
@@ -36,10 +38,24 @@ class Runtime:
     num_threads: int = 1
     client_group: object = None
     layout_lines: list[str] = field(default_factory=list)
+    ranks_per_client: int = 1
+    fed_group: object = None
+    my_group: object = None
+    group_rank: int = 0  # this rank's place in its client group
+    leader: int = 0  # the global rank of this rank's group leader
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def is_leader(self) -> bool:
+        """Rank 0 and each client group's first rank: the ranks that take part in the federated exchange."""
+        return self.rank == self.leader
+
+    @property
+    def group_size(self) -> int:
+        return self.ranks_per_client if self.my_group is not None else 1
 
     @property
     def client_ranks(self) -> int:
@@ -69,8 +85,10 @@ def init(
     timeout_s: float = 1800.0,
     server_device: str = "auto",
     client_allreduce: str = "auto",
+    ranks_per_client: int = 1,
 ) -> Runtime:
-    """Start the process group when launched by torchrun, in the layout plan_layout chooses."""
+    """Start the process group when launched by torchrun, in the layout plan_layout chooses, with the
+    groups of clients that span `ranks_per_client` ranks."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     settings = {"device": device, "server_device": server_device, "client_allreduce": client_allreduce}
     if not launched_by_torchrun():
@@ -94,11 +112,20 @@ def init(
     timeout = datetime.timedelta(seconds=timeout_s)
     kwargs = {"device_id": dev} if lay.world_backend == "nccl" else {}
     dist.init_process_group(lay.world_backend, rank=rank, world_size=world, timeout=timeout, **kwargs)
+    k = ranks_per_client if world > 1 and (world - 1) % ranks_per_client == 0 else 1  # else set-up refuses
     group = None
     if lay.client_backend is not None:  # every rank takes part in creating a group, members or not
-        group = dist.new_group(relay_group(world), backend=lay.client_backend, timeout=timeout)
+        group = dist.new_group(relay_group(world, k), backend=lay.client_backend, timeout=timeout)
     lines = describe(world, local_world, gpus, **settings)
-    return Runtime(rank, world, local_rank, dev, lay, True, threads, group, lines)
+    rt = Runtime(rank, world, local_rank, dev, lay, True, threads, group, lines, k, leader=rank)
+    if k > 1:  # rank 0 + the leaders; then each client's own group (the same calls, in order, on every rank)
+        rt.fed_group = dist.new_group([0, *range(1, world, k)], backend=lay.world_backend, timeout=timeout)
+        for first in range(1, world, k):
+            ranks = list(range(first, first + k))
+            made = dist.new_group(ranks, backend=lay.client_backend or lay.world_backend, timeout=timeout)
+            if rank in ranks:
+                rt.my_group, rt.group_rank, rt.leader = made, rank - first, first
+    return rt
 
 
 def leave_together(timeout_s: float = 60.0) -> None:
@@ -155,34 +182,46 @@ def broadcast(rt: Runtime, msg: Message) -> tuple[Message, int]:
         return msg, 0
     backend = rt.layout.world_backend
     buf = pack(msg, _wire_device(rt, backend))
+    groups = (rt.world_size - 1) // rt.ranks_per_client
     if rt.client_group is None:
-        dist.broadcast(buf, src=0)
-        moved = buf.numel() * WIRE_BYTES * (rt.world_size - 1)
+        if rt.is_leader:  # every rank when clients are single ranks (fed_group None: the world)
+            dist.broadcast(buf, src=0, group=rt.fed_group)
     else:
         if rt.rank == 0:
             dist.send(buf, dst=1)
         elif rt.rank == 1:
             dist.recv(buf, src=0)
-        if rt.rank > 0:
+        if rt.rank > 0 and rt.is_leader:
             buf = buf.to(_wire_device(rt, rt.layout.client_backend or "gloo"))
             dist.broadcast(buf, src=1, group=rt.client_group)
-        moved = buf.numel() * WIRE_BYTES * (1 + rt.world_size - 2)
+    if rt.my_group is not None:  # the leader hands it on to the other ranks of its client
+        buf = buf.to(_wire_device(rt, rt.layout.client_backend or backend))
+        dist.broadcast(buf, src=rt.leader, group=rt.my_group)
+    moved = buf.numel() * WIRE_BYTES * (groups + groups * (rt.ranks_per_client - 1))
     return unpack(buf, msg, rt.device), moved
 
 
-def reduce_sum(rt: Runtime, msg: Message) -> tuple[Message, int]:
-    """Element-wise sum of every rank's message, delivered to rank 0 on its device.
+def reduce_sum(rt: Runtime, msg: Message, everyone: bool = False) -> tuple[Message, int]:
+    """Element-wise sum of the client leaders' messages (`everyone`: of every rank's), delivered to
+    rank 0 on its device.
 
     Rank 0 contributes zeros when it holds no client. Other ranks get back their input's shapes
-    (contents unspecified). In relay layouts the client ranks reduce to rank 1 over their own group
-    (NCCL on GPUs), and rank 1 sends the one summed buffer to rank 0.
+    (contents unspecified); a rank that is not a leader takes no part (the other ranks of a client
+    hold what its leader sends). In relay layouts the leaders reduce to rank 1 over their own group
+    (NCCL on GPUs), and rank 1 sends the one summed buffer to rank 0. `everyone` reduces over the
+    whole world directly (small messages: the evaluation's sums).
     """
     if not rt.distributed:
         return msg, 0
-    if rt.client_group is None:
+    if everyone or rt.client_group is None:
+        if not (everyone or rt.is_leader):
+            return msg, 0
         buf = pack(msg, _wire_device(rt, rt.layout.world_backend))
-        dist.reduce(buf, dst=0, op=dist.ReduceOp.SUM)
-        return unpack(buf, msg, rt.device), buf.numel() * WIRE_BYTES * (rt.world_size - 1)
+        dist.reduce(buf, dst=0, op=dist.ReduceOp.SUM, group=None if everyone else rt.fed_group)
+        senders = rt.world_size - 1 if everyone else (rt.world_size - 1) // rt.ranks_per_client
+        return unpack(buf, msg, rt.device), buf.numel() * WIRE_BYTES * senders
+    if not rt.is_leader:
+        return msg, 0
     if rt.rank > 0:
         buf = pack(msg, _wire_device(rt, rt.layout.client_backend or "gloo"))
         dist.reduce(buf, dst=1, op=dist.ReduceOp.SUM, group=rt.client_group)
@@ -192,7 +231,7 @@ def reduce_sum(rt: Runtime, msg: Message) -> tuple[Message, int]:
     else:
         buf = pack(msg, "cpu")
         dist.recv(buf, src=1)
-    return unpack(buf, msg, rt.device), buf.numel() * WIRE_BYTES * (rt.world_size - 1)
+    return unpack(buf, msg, rt.device), buf.numel() * WIRE_BYTES * (rt.world_size - 1) // rt.ranks_per_client
 
 
 def gather_messages(
@@ -201,26 +240,47 @@ def gather_messages(
     """Individual messages keyed by id (e.g. client id) to rank 0; `owners`: id -> the rank that
     holds it, known to every rank. Each rank sends its messages as rows of one padded buffer.
     Returns (every id's message on rank 0, {} elsewhere; bytes moved)."""
-    if not rt.distributed:
-        return mine, 0
+    if not rt.distributed or not rt.is_leader:  # only the leaders hold what their clients send
+        return (mine, 0) if not rt.distributed else ({}, 0)
+    members = [0, *range(1, rt.world_size, rt.ranks_per_client)]  # rank 0 and the leaders, in group order
     width = like.nbytes // WIRE_BYTES
-    counts = [sum(1 for o in owners.values() if o == r) for r in range(rt.world_size)]
+    counts = [sum(1 for o in owners.values() if o == r) for r in members]
     rows = max(max(counts), 1)
     dev = _wire_device(rt, rt.layout.world_backend)
     buf = torch.zeros(rows, width, dtype=WIRE_DTYPE, device=dev)
     for j, key in enumerate(sorted(mine)):
         buf[j] = pack(mine[key], dev)
-    out = [torch.zeros_like(buf) for _ in range(rt.world_size)] if rt.rank == 0 else None
-    dist.gather(buf, out, dst=0)
-    moved = buf.numel() * WIRE_BYTES * (rt.world_size - 1)
+    out = [torch.zeros_like(buf) for _ in members] if rt.rank == 0 else None
+    dist.gather(buf, out, dst=0, group=rt.fed_group)
+    moved = buf.numel() * WIRE_BYTES * (len(members) - 1)
     if rt.rank != 0:
         return {}, moved
     got: dict[int, Message] = {}
-    for r in range(rt.world_size):
+    for i, r in enumerate(members):
         keys = sorted(k for k, o in owners.items() if o == r)
         for j, key in enumerate(keys):
-            got[key] = unpack(out[r][j], like, rt.device)  # type: ignore[index]
+            got[key] = unpack(out[i][j], like, rt.device)  # type: ignore[index]
     return got, moved
+
+
+def data_parallel(rt: Runtime, model: torch.nn.Module) -> torch.nn.Module:
+    """The model wrapped in DistributedDataParallel over this rank's client group (gradients averaged
+    across the client's ranks in backward); the model itself when the client is one rank."""
+    if rt.my_group is None:
+        return model
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=rt.my_group,
+                                                     broadcast_buffers=False)  # fmt: skip
+
+
+def group_sum(rt: Runtime, values: list[float]) -> list[float]:
+    """The sum over this rank's client group of a few numbers (training statistics); as they are alone."""
+    if rt.my_group is None:
+        return values
+    backend = rt.layout.client_backend or rt.layout.world_backend
+    t = torch.tensor(values, dtype=torch.float64, device=_wire_device(rt, backend))
+    dist.all_reduce(t, group=rt.my_group)
+    return t.tolist()
 
 
 def is_comm_failure(err: BaseException) -> bool:

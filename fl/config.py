@@ -155,6 +155,20 @@ class Config(CrossKeyRules):
     )
     # federation and local training
     num_clients: int = _f(4, "number of federated clients (virtual clients share client ranks)", lo=1, hi=100_000)
+    parallel_clients: int = _f(
+        1,
+        "train up to K of a rank's clients of a round in one forward pass (LoRA: their adapters and heads "
+        "stacked, the frozen base shared); 1: one after another",
+        lo=1,
+        hi=4096,
+    )
+    ranks_per_client: int = _f(
+        1,
+        "ranks that train each client together (DistributedDataParallel inside the client; torchrun with "
+        "1 + N*k processes); each takes batch_size / k rows of every batch",
+        lo=1,
+        hi=4096,
+    )
     clients_per_round: int | None = _f(
         None, "clients sampled each round (seeded, the same on every rank); unset: every client", lo=1, hi=100_000
     )
@@ -336,6 +350,8 @@ class Config(CrossKeyRules):
         self.check_lora_aggregation()
         self.check_privacy()
         self.check_task_kind()
+        self.check_ranks_per_client()
+        self.check_parallel_clients()
         for key in ("model", "teacher_model", "output_dir", "text_column", "label_column"):
             if not str(getattr(self, key)).strip():
                 raise ConfigError(f"{key} is empty; give a value (see `fl run --help`)")

@@ -63,11 +63,10 @@ def smollm2_path() -> str:
 def convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise a GGUF checkpoint with transformers and save it as bf16 safetensors, atomically."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fl.models import quiet_transformers
-
-    quiet_transformers()
+    transformers.logging.set_verbosity_error()
     tmp = target.parent / f".{target.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -30,33 +30,78 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the clients of a run live: a pure function of the world size and the client count."""
+    """Where the clients of a run live: a pure function of the world size, the client count and the
+    ranks each client spans (`ranks_per_client`, k).
+
+    Under torchrun the client ranks 1..W-1 form G = (W - 1) / k groups of k contiguous ranks
+    (torchrun numbers ranks node by node, so a group straddles two nodes only when a node's client
+    ranks do not split into whole groups). Group g's leader is its first rank; client c lives on
+    group c % G, whose ranks train it together (data parallel), and only its leader talks to rank 0.
+    In simulation (a world of one) rank 0 hosts every client.
+    """
 
     world_size: int
     num_clients: int
+    ranks_per_client: int = 1
 
     @property
     def client_ranks(self) -> int:
         """Ranks that train clients: 1..N under torchrun, the single process in simulation."""
         return max(1, self.world_size - 1)
 
+    @property
+    def groups(self) -> int:
+        """Client groups (1 in simulation)."""
+        return 1 if self.world_size == 1 else (self.world_size - 1) // self.ranks_per_client
+
     def check(self) -> None:
-        """Every client rank must host a client (ValueError naming the launch that fits)."""
-        if self.world_size - 1 > self.num_clients:
+        """The client ranks split into whole groups and every group hosts a client (ValueError naming a
+        launch that fits)."""
+        k = self.ranks_per_client
+        if self.world_size > 1 and (self.world_size - 1) % k:
             raise ValueError(
-                f"torchrun started {self.world_size - 1} client ranks for num_clients={self.num_clients}; "
-                f"launch with --nproc_per_node={self.num_clients + 1} or fewer, or raise num_clients"
+                f"torchrun started {self.world_size - 1} client ranks, which do not split into clients of "
+                f"ranks_per_client={k}; launch with --nproc_per_node=1+N*{k} (e.g. {1 + k}, {1 + 2 * k})"
+            )
+        if self.groups > self.num_clients:
+            fits = self.num_clients * k + 1
+            raise ValueError(
+                f"torchrun started {self.world_size - 1} client ranks for num_clients={self.num_clients}"
+                + (f" of {k} ranks each" if k > 1 else "")
+                + f"; launch with --nproc_per_node={fits} or fewer, or raise num_clients"
             )
 
+    def group_ranks(self, g: int) -> list[int]:
+        if self.world_size == 1:
+            return [0]
+        k = self.ranks_per_client
+        return list(range(1 + g * k, 1 + (g + 1) * k))
+
+    def group_of(self, rank: int) -> int | None:
+        """The client group of a rank (None for the aggregator of a torchrun job)."""
+        if self.world_size == 1:
+            return 0
+        return None if rank == 0 else (rank - 1) // self.ranks_per_client
+
+    def leaders(self) -> list[int]:
+        return [self.group_ranks(g)[0] for g in range(self.groups)]
+
+    def is_leader(self, rank: int) -> bool:
+        return rank == 0 or rank in self.leaders()
+
     def owner(self, client: int) -> int:
-        """The rank that trains client c: 1 + c % (world - 1); rank 0 in simulation."""
-        return 0 if self.world_size == 1 else 1 + client % (self.world_size - 1)
+        """The leader of the group that trains client c; rank 0 in simulation."""
+        return 0 if self.world_size == 1 else self.group_ranks(client % self.groups)[0]
 
     def owners(self) -> dict[int, int]:
         return {c: self.owner(c) for c in range(self.num_clients)}
 
     def clients_of(self, rank: int) -> list[int]:
-        return [c for c in range(self.num_clients) if self.owner(c) == rank]
+        """The clients a rank trains (every rank of a group trains the group's clients)."""
+        g = self.group_of(rank)
+        if g is None:
+            return []
+        return [c for c in range(self.num_clients) if self.world_size == 1 or c % self.groups == g]
 
     def eval_rows(self, rank: int, num_rows: int) -> list[int]:
         """Test rows rank scores: every (world-1)-th row from rank-1 on client ranks, all in simulation."""
@@ -66,10 +111,16 @@ class Placement:
             return []
         return list(range(rank - 1, num_rows, self.world_size - 1))
 
+    def client_groups(self) -> list[dict[str, list[int] | int]]:
+        """For the record: each group's ranks, its leader and the clients it trains."""
+        return [{"ranks": self.group_ranks(g), "leader": self.group_ranks(g)[0],
+                 "clients": [c for c in range(self.num_clients) if self.world_size == 1 or c % self.groups == g]}
+                for g in range(self.groups)]  # fmt: skip
 
-def relay_group(world_size: int) -> list[int]:
-    """The ranks of the client ranks' own group in relay layouts (every rank but the aggregator)."""
-    return list(range(1, world_size))
+
+def relay_group(world_size: int, ranks_per_client: int = 1) -> list[int]:
+    """The ranks of the client leaders' own group in relay layouts (every leader but the aggregator)."""
+    return list(range(1, world_size, ranks_per_client))
 
 
 @dataclass(frozen=True)

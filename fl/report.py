@@ -240,6 +240,7 @@ def begin_run(reporter: Reporter, cfg: Any, s: Any, payload: int, first_round: i
     if s.resumed_from:
         reporter.log(f"resuming at round {first_round} from {s.resumed_from}")
     env = environment(rt.backend, rt.world_size, rt.device, rt.num_threads, rt.layout)
+    env["client_groups"] = s.placement.client_groups() if rt.distributed else None
     reporter.begin(cfg.to_dict(), env, {
         "model_path": s.model_path,
         "trainable_parameters": trainable,

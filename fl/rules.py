@@ -27,6 +27,10 @@ class CrossKeyRules:
     kd_placement: str
     kd_attention_weight: float
     load_in_4bit: bool
+    ranks_per_client: int
+    batch_size: int
+    parallel_clients: int
+    precision: str
 
     def check_lora_aggregation(self) -> None:
         mode = self.lora_aggregation
@@ -48,6 +52,27 @@ class CrossKeyRules:
                 parse_ranks(self.lora_ranks, self.num_clients, self.lora_r)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+
+    def check_ranks_per_client(self) -> None:
+        k = self.ranks_per_client
+        if k > 1 and self.batch_size % k:
+            raise ConfigError(
+                f"batch_size={self.batch_size} does not split over ranks_per_client={k}; each rank takes "
+                f"batch_size / k rows: use a multiple of {k}"
+            )
+
+    def check_parallel_clients(self) -> None:
+        if self.parallel_clients == 1:
+            return
+        if self.scheme == "fedavg":
+            raise ConfigError(
+                "parallel_clients>1 stacks the clients' LoRA adapters and heads over one frozen base; FedAvg trains "
+                "every weight: use scheme=fedlora, or parallel_clients=1"
+            )
+        if self.precision == "fp16":
+            raise ConfigError("parallel_clients>1 does not take precision=fp16 (its GradScaler); use bf16 or fp32")
+        if self.ranks_per_client > 1:
+            raise ConfigError("parallel_clients>1 with ranks_per_client>1 is not built; choose one of the two")
 
     def check_task_kind(self) -> None:
         if self.task_kind == "classify":

@@ -170,14 +170,16 @@ class Federation:
             sums = self.task.eval_template(self.rt.device)
         score_s = time.perf_counter() - t_eval
         extra = self.strategy.evaluate()  # e.g. the KD teacher's metrics, on rank 0
-        timings = {f"rank{k}.{n}": 0.0 for k in range(self.rt.world_size) for n in ("train_s", "score_s")}
-        timings[f"rank{self.rt.rank}.train_s"], timings[f"rank{self.rt.rank}.score_s"] = train_s, score_s
+        mine = {"train_s": train_s, "score_s": score_s, "examples": float(self.s.runner.trained)}
+        timings = {f"rank{k}.{n}": 0.0 for k in range(self.rt.world_size) for n in mine}
+        timings.update({f"rank{self.rt.rank}.{n}": v for n, v in mine.items()})
         comm.barrier(self.rt)
         t_reduce = time.perf_counter()
-        got, moved = comm.reduce_sum(self.rt, Message(sums.parts, {**sums.scalars, **timings}))
+        got, moved = comm.reduce_sum(self.rt, Message(sums.parts, {**sums.scalars, **timings}), everyone=True)
         if not self.rt.is_main:
             return
-        busy = [got.scalars[f"rank{k}.train_s"] for k in (range(1, self.rt.world_size) if self.rt.distributed else [0])]
+        ranks = range(1, self.rt.world_size) if self.rt.distributed else range(1)
+        busy = [got.scalars[f"rank{k}.train_s"] for k in ranks]
         record.update({f"test_{k}": v for k, v in self.task.metrics(got).items()}, **extra)
         record.update(
             time_train_s=max(busy) if t0 is not None else 0.0,
@@ -186,6 +188,7 @@ class Federation:
             time_comm_s=record.get("time_comm_s", 0.0) + time.perf_counter() - t_reduce,
             time_wait_s=wait_s,
             bytes_eval=moved,
+            examples_per_rank={str(k): int(got.scalars[f"rank{k}.examples"]) for k in ranks},
         )
         record["time_s"] = time.perf_counter() - t0 if t0 is not None else 0.0
         self.reporter.record(record)

@@ -17,7 +17,7 @@ import torch
 
 from fl import models
 from fl.checkpoint import load_checkpoint, split_prefix
-from fl.client import SequentialRunner
+from fl.client import BatchedRunner, DataParallelRunner, SequentialRunner
 from fl.comm import Runtime
 from fl.config import Config, ConfigError
 from fl.faults import Faults
@@ -61,7 +61,7 @@ class Setup:
     placement: Placement
     task: Task
     strategy: Strategy
-    runner: SequentialRunner
+    runner: SequentialRunner  # or DataParallelRunner, for clients of several ranks
     shards: list[list[int]]  # client id -> indices into task.train
     public_size: int
     model: torch.nn.Module
@@ -98,7 +98,7 @@ def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
 def prepare(cfg: Config, rt: Runtime) -> Setup:
     """Load data, split it, build the model, the strategy and the runner (and, on rank 0, the
     teacher). Raises ConfigError before anything is written."""
-    placement = Placement(rt.world_size, cfg.num_clients)
+    placement = Placement(rt.world_size, cfg.num_clients, cfg.ranks_per_client)
     try:
         placement.check()
     except ValueError as err:
@@ -121,10 +121,15 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
     test_rows = placement.eval_rows(rt.rank, len(task.test))
     test = task.encode(tokenizer, task.test).subset(test_rows) if test_rows else None
     faults = Faults.parse(cfg.fault_inject)
-    runner = SequentialRunner(
+    kind, extra_args = (SequentialRunner, {})
+    if rt.group_size > 1:
+        kind, extra_args = DataParallelRunner, {"rt": rt}
+    elif cfg.parallel_clients > 1:
+        kind, extra_args = BatchedRunner, {"parallel": cfg.parallel_clients}
+    runner = kind(
         model, task, strategy, {c: train.subset(shards[c]) for c in mine} if train else {},
         LocalSchedule.from_config(cfg), device=rt.device, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
-        max_update_norm=cfg.max_update_norm, faults=faults,
+        max_update_norm=cfg.max_update_norm, faults=faults, **extra_args,
     )  # fmt: skip
     return Setup(rt, placement, task, strategy, runner, shards, public_size, model, tokenizer, path, test, faults)
 

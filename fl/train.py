@@ -76,6 +76,32 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def my_slice(task: Any, batch: dict[str, torch.Tensor], shard: tuple[int, int]) -> tuple[dict, float, int]:
+    """This rank's rows of a client's batch (every `count`-th from `index`), the factor that makes the
+    client ranks' averaged gradient that of the whole batch (local weight * count / batch weight: the
+    weight is the task's loss terms, rows or tokens), and the batch's row count."""
+    rows = next(iter(batch.values())).shape[0]
+    index, count = shard
+    if count == 1:
+        return batch, 1.0, rows
+    local = {k: v[index::count] for k, v in batch.items()}
+    if next(iter(local.values())).shape[0] == 0:  # fewer rows than ranks: take part in backward, weight 0
+        return {k: v[:1] for k, v in batch.items()}, 0.0, rows
+    return local, task.batch_weight(local) * count / max(task.batch_weight(batch), 1), rows
+
+
+def optimizer(model: nn.Module, task: Any, schedule: LocalSchedule, total: int, device: torch.device) -> tuple:
+    """(AdamW, its transformers schedule over `total` steps, the fp16 GradScaler), fresh for one client round."""
+    from transformers import get_scheduler
+
+    groups = param_groups(model, schedule.lr, schedule.head_lr, task.is_head)
+    opt = torch.optim.AdamW(groups, weight_decay=schedule.weight_decay)
+    warmup = schedule.warmup_for(total)
+    name = "constant_with_warmup" if schedule.scheduler == "constant" and warmup else schedule.scheduler
+    sched = get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
+    return opt, sched, torch.amp.GradScaler(device.type, enabled=schedule.precision == "fp16")
+
+
 def train_local(
     model: nn.Module,
     task: Any,
@@ -87,22 +113,21 @@ def train_local(
     terms: Sequence[ClientTerm] = (),
     params: dict[str, nn.Parameter] | None = None,
     on_step: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    wrapped: nn.Module | None = None,
 ) -> TrainResult:
     """AdamW on the model's trainable parameters, fresh each call (per client and round).
 
     `task` gives the batches and their loss; `terms` act on the loss and on `params` (the trainable
-    parameters keyed like the trainable state) around each step, in order.
+    parameters keyed like the trainable state) around each step, in order. A client of several
+    ranks (`shard` = (this rank's place, the client's ranks)) runs the task's loss through `wrapped`
+    (DistributedDataParallel over the client's group) on its slice of each batch; `loss_sum` then
+    holds this rank's share of the batch losses and `examples_seen` its own rows (summed over the
+    group they are the client's).
     """
-    from transformers import get_scheduler
-
     torch.manual_seed(seed)  # dropout masks
-    groups = param_groups(model, schedule.lr, schedule.head_lr, task.is_head)
-    opt = torch.optim.AdamW(groups, weight_decay=schedule.weight_decay)
     total = schedule.steps_for(len(data))
-    warmup = schedule.warmup_for(total)
-    name = "constant_with_warmup" if schedule.scheduler == "constant" and warmup else schedule.scheduler
-    sched = get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
-    scaler = torch.amp.GradScaler(device.type, enabled=schedule.precision == "fp16")
+    opt, sched, scaler = optimizer(model, task, schedule, total, device)
     params = params if params is not None else {}
     model.train()
     loss_sum, seen, steps, lr_sum, lr = 0.0, 0, 0, 0.0, schedule.lr
@@ -112,9 +137,11 @@ def train_local(
         for batch in task.train_batches(data, schedule.batch_size, seed + epoch):
             if steps >= total:
                 break
+            batch, scale, rows = my_slice(task, batch, shard)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast(device, schedule.precision):
-                loss, n = task.loss(model, batch)
+                loss, n = task.loss(wrapped or model, batch)
+                loss = loss * scale if shard[1] > 1 else loss
                 for term in terms:
                     loss = term.loss(model, loss)
             opt.zero_grad(set_to_none=True)
@@ -129,8 +156,8 @@ def train_local(
                 term.after_step(params, lr)
             sched.step()
             lr_sum += lr
-            loss_sum += float(loss.detach()) * n
-            seen += n
+            loss_sum += float(loss.detach()) * rows / shard[1]
+            seen += n if scale else 0
             steps += 1
             if on_step is not None:
                 on_step(n)

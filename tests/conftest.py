@@ -102,6 +102,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_nodrop_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny BERT with its own dropout off (hidden and attention): runs whose dropout draws would
+    otherwise differ between layouts compare exactly."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("tiny-bert-nodrop") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_task(tmp_path_factory) -> tuple[Path, Path]:
     """(train.csv, test.csv): 200 and 60 sentences."""
     out = tmp_path_factory.mktemp("tiny-task")

@@ -92,3 +92,35 @@ def test_forced_relay_on_cpu_and_errors():
     with pytest.raises(ValueError, match="no CUDA device"):
         plan_layout(0, 1, 0, 1, 0, device="cuda")
     assert describe(3, 3, 1)[0].startswith("rank 0 (aggregator): cuda:0, gloo")
+
+
+def test_clients_of_two_ranks_on_one_node_of_five_processes():
+    p = Placement(5, 4, ranks_per_client=2)
+    p.check()
+    assert p.groups == 2 and [p.group_ranks(g) for g in range(2)] == [[1, 2], [3, 4]]
+    assert p.leaders() == [1, 3] and p.is_leader(1) and not p.is_leader(2) and p.is_leader(0)
+    assert p.owners() == {0: 1, 1: 3, 2: 1, 3: 3}  # the leader answers for its group's clients
+    assert p.clients_of(2) == p.clients_of(1) == [0, 2] and p.clients_of(0) == []
+    assert p.client_groups() == [{"ranks": [1, 2], "leader": 1, "clients": [0, 2]},
+                                 {"ranks": [3, 4], "leader": 3, "clients": [1, 3]}]  # fmt: skip
+    assert sorted(sum((p.eval_rows(r, 10) for r in range(5)), [])) == list(range(10))  # every rank scores
+
+
+def test_groups_straddle_a_node_only_when_they_must():
+    """2 nodes x 8 processes: node 0 holds rank 0 and client ranks 1..7, node 1 ranks 8..15."""
+    node = lambda r: r // 8  # noqa: E731
+    p = Placement(16, 3, ranks_per_client=5)  # 7 client ranks on node 0 cannot make two groups of 5
+    groups = [p.group_ranks(g) for g in range(p.groups)]
+    assert groups == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]
+    assert [len({node(r) for r in g}) for g in groups] == [1, 2, 1]  # one must: 6, 7 are left on node 0
+    q = Placement(16, 5, ranks_per_client=3)  # 7 + 8 client ranks: [1-3], [4-6] on node 0, [7-9] must straddle
+    assert [len({node(r) for r in q.group_ranks(g)}) for g in range(q.groups)] == [1, 1, 2, 1, 1]
+
+
+def test_ranks_that_do_not_split_into_clients_are_refused_naming_a_launch():
+    with pytest.raises(ValueError, match=r"do not split into clients of ranks_per_client=4; launch with "
+                                         r"--nproc_per_node=1\+N\*4 \(e.g. 5, 9\)"):  # fmt: skip
+        Placement(16, 4, ranks_per_client=4).check()
+    with pytest.raises(ValueError, match="of 2 ranks each; launch with --nproc_per_node=5 or fewer"):
+        Placement(7, 2, ranks_per_client=2).check()
+    assert Placement(1, 3, ranks_per_client=2).clients_of(0) == [0, 1, 2]  # simulation: one process

@@ -51,11 +51,15 @@ class DistillTerm(ClientTerm):
     def __init__(self, task: Any, data: Any, targets: State, alpha: float, temperature: float,
                  ctx: ClientContext):  # fmt: skip
         self.task, self.data, self.targets, self.alpha, self.temperature = task, data, targets, alpha, temperature
-        self.device = ctx.device
+        self.device, self.shard = ctx.device, ctx.shard
         self.rows = cycle_rows(len(data), ctx.batch_size, ctx.seed)
 
     def loss(self, model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
-        kl, _ = self.task.kd_kl(model, self.data, next(self.rows), self.targets, self.temperature, self.device)
+        rows, (index, count) = next(self.rows), self.shard
+        mine = rows[index::count] if count > 1 else rows  # a client of several ranks: each its share of the rows
+        kl, _ = self.task.kd_kl(model, self.data, mine or rows[:1], self.targets, self.temperature, self.device)
+        if count > 1:
+            kl = kl * (len(mine) * count / len(rows))
         return (1.0 - self.alpha) * loss + self.alpha * kl
 
 

@@ -52,6 +52,7 @@ class ClientContext:
     batch_size: int
     eval_batch_size: int
     device: torch.device
+    shard: tuple[int, int] = (0, 1)  # (this rank's place, the client's ranks): each takes every count-th row
 
 
 @dataclass

@@ -57,6 +57,10 @@ class Task(Protocol):
         """(mean loss of the batch, examples in it); the batch is on the model's device."""
         ...
 
+    def batch_weight(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many terms a batch's loss averages (rows, tokens): a client of several ranks weighs its slices by it."""
+        ...
+
     def is_head(self, name: str) -> bool:
         """Whether a parameter belongs to the task's head (for head_lr)."""
         ...

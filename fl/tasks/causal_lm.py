@@ -147,6 +147,24 @@ class CausalLMTask:
         logits = model(**batch).logits  # [B, L, V]
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten()), labels.shape[0]
 
+    def row_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each row's summed token loss [N], each row's scored tokens [N])."""
+        labels = batch.pop("labels")[:, 1:]
+        logits = model(**batch).logits[:, :-1].float()
+        per = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # [N, L-1], 0 where ignored
+        return per.sum(-1), (labels != IGNORE).sum(-1).to(per.dtype)
+
+    def join(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Batches of equal row counts right-padded to one width and stacked in order (client-major)."""
+        width = max(b["input_ids"].shape[1] for b in batches)
+        pad = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "labels": IGNORE}
+        return {k: torch.cat([F.pad(b[k], (0, width - b[k].shape[1]), value=v) for b in batches])
+                for k, v in pad.items()}  # fmt: skip
+
+    def batch_weight(self, batch: dict[str, torch.Tensor]) -> int:
+        """The loss's terms in a batch: its scored tokens (the loss is their mean)."""
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
     def is_head(self, name: str) -> bool:
         return "lm_head" in name
 

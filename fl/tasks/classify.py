@@ -203,6 +203,25 @@ class ClassifyTask:
         logits = model(**batch).logits  # [B, K]
         return F.cross_entropy(logits.float(), labels), labels.numel()
 
+    def row_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each row's loss [N], each row's weight [N]): the batch's mean loss is their ratio of sums."""
+        labels = batch.pop("labels")
+        losses = F.cross_entropy(model(**batch).logits.float(), labels, reduction="none")
+        return losses, torch.ones_like(losses)
+
+    def join(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Batches of equal row counts padded to one width and stacked in order (client-major)."""
+        width = max(b["input_ids"].shape[1] for b in batches)
+        pad = {"input_ids": 0, "attention_mask": 0}  # masked positions: their id changes no real row's output
+        out = {k: torch.cat([F.pad(b[k], (0, width - b[k].shape[1]), value=pad[k]) for b in batches])
+               for k in ("input_ids", "attention_mask")}  # fmt: skip
+        out["labels"] = torch.cat([b["labels"] for b in batches])
+        return out
+
+    def batch_weight(self, batch: dict[str, torch.Tensor]) -> int:
+        """The loss's terms in a batch: its rows (the loss is their mean)."""
+        return int(batch["labels"].numel())
+
     def is_head(self, name: str) -> bool:
         return any(m in name for m in HEAD_MARKERS)
 
