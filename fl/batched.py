@@ -203,20 +203,8 @@ def train_together(
     datas = [runner.shards[ctx.client] for ctx in ctxs]
     sched = schedule.at(ctxs[0].plan.lr)
     totals = [sched.steps_for(len(d)) for d in datas]
-    clocks = []  # each client's learning rate, from transformers' own schedule on a one-number optimizer
-    for total in totals:
-        warmup = sched.warmup_for(total)
-        name = "constant_with_warmup" if sched.scheduler == "constant" and warmup else sched.scheduler
-        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=sched.lr)
-        clocks.append((dummy, get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=total)))
-    params, scales = [], []
-    for name, mod in stacked.items():
-        for p, suffix in ((mod.weight, "weight"), (mod.bias, "bias")):
-            if p is not None:
-                head = sched.head_lr is not None and task.is_head(f"{name}.{suffix}")
-                params.append(p)
-                scales.append(sched.head_lr / sched.lr if head else 1.0)  # type: ignore[operator]
-    adam = StackedAdamW(params, k, scales, sched.weight_decay)
+    clocks = [_clock(sched, total, get_scheduler) for total in totals]
+    adam = _adamw(stacked, task, sched, k)
     streams = [_batches(task, d, sched, ctx.seed) for d, ctx in zip(datas, ctxs, strict=True)]
     stats = [{"loss": 0.0, "seen": 0, "steps": 0, "lr_sum": 0.0, "lr": sched.lr} for _ in ctxs]
     torch.manual_seed(ctxs[0].seed)  # dropout masks (one draw for the K clients: they differ from sequential)
@@ -228,17 +216,7 @@ def train_together(
         joined = {key: v.to(device, non_blocking=True) for key, v in joined.items()}
         mask = mask.to(device)
         with autocast(device, sched.precision):
-            losses, weights = task.row_losses(model, joined)
-            losses, weights = losses.view(k, -1) * mask, weights.view(k, -1) * mask
-            per = losses.sum(1) / weights.sum(1).clamp(min=1e-12)  # each client's mean loss [K]
-            mine = []
-            for c in range(k):
-                loss_c = per[c]
-                if active[c]:
-                    with only(stacked, c):
-                        for term in terms[c]:
-                            loss_c = term.loss(model, loss_c)
-                mine.append(loss_c)
+            mine = _client_losses(model, task, joined, mask, active, terms, stacked)
             total = sum(m for m, on in zip(mine, active, strict=True) if on)
         adam.zero_grad()
         total.backward()  # type: ignore[union-attr]
@@ -262,6 +240,44 @@ def train_together(
             on_step(sum(rows))
     return [TrainResult(len(d), s["loss"], s["seen"], s["steps"], s["lr_sum"], s["lr"])
             for d, s in zip(datas, stats, strict=True)]  # fmt: skip
+
+
+def _clock(sched: Any, total: int, get_scheduler: Any) -> tuple[torch.optim.Optimizer, Any]:
+    """A client's learning rate over its steps: transformers' own schedule on a one-number optimizer."""
+    warmup = sched.warmup_for(total)
+    name = "constant_with_warmup" if sched.scheduler == "constant" and warmup else sched.scheduler
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=sched.lr)
+    return dummy, get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def _adamw(stacked: dict[str, StackedLinear], task: Any, sched: Any, k: int) -> StackedAdamW:
+    """AdamW over the stacked tensors; the head's at head_lr / lr times the clients' rates."""
+    params, scales = [], []
+    for name, mod in stacked.items():
+        for p, suffix in ((mod.weight, "weight"), (mod.bias, "bias")):
+            if p is not None:
+                head = sched.head_lr is not None and task.is_head(f"{name}.{suffix}")
+                params.append(p)
+                scales.append(sched.head_lr / sched.lr if head else 1.0)
+    return StackedAdamW(params, k, scales, sched.weight_decay)
+
+
+def _client_losses(model: nn.Module, task: Any, joined: dict, mask: torch.Tensor, active: list[bool],
+                   terms: list[list[Any]], stacked: dict[str, StackedLinear]) -> list[torch.Tensor]:  # fmt: skip
+    """Each client's mean loss on its block of rows, then its client terms' (through its own weights)."""
+    k = len(active)
+    losses, weights = task.row_losses(model, joined)
+    losses, weights = losses.view(k, -1) * mask, weights.view(k, -1) * mask
+    per = losses.sum(1) / weights.sum(1).clamp(min=1e-12)  # [K]
+    mine = []
+    for c in range(k):
+        loss_c = per[c]
+        if active[c]:
+            with only(stacked, c):
+                for term in terms[c]:
+                    loss_c = term.loss(model, loss_c)
+        mine.append(loss_c)
+    return mine
 
 
 def _batches(task: Any, data: Any, schedule: Any, seed: int) -> Iterator[dict[str, torch.Tensor]]:

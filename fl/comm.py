@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from fl.message import WIRE_BYTES, WIRE_DTYPE, Message, pack, unpack
+from fl.message import WIRE_BYTES, WIRE_DTYPE, Flat, Message, pack, unpack
 from fl.placement import Layout, describe, plan_layout, relay_group
 
 
@@ -43,6 +43,7 @@ class Runtime:
     my_group: object = None
     group_rank: int = 0  # this rank's place in its client group
     leader: int = 0  # the global rank of this rank's group leader
+    bucket_numel: int = 0  # values a collective moves at once (0: a whole message)
 
     @property
     def is_main(self) -> bool:
@@ -86,6 +87,7 @@ def init(
     server_device: str = "auto",
     client_allreduce: str = "auto",
     ranks_per_client: int = 1,
+    bucket_mb: float = 0.0,
 ) -> Runtime:
     """Start the process group when launched by torchrun, in the layout plan_layout chooses, with the
     groups of clients that span `ranks_per_client` ranks."""
@@ -117,7 +119,8 @@ def init(
     if lay.client_backend is not None:  # every rank takes part in creating a group, members or not
         group = dist.new_group(relay_group(world, k), backend=lay.client_backend, timeout=timeout)
     lines = describe(world, local_world, gpus, **settings)
-    rt = Runtime(rank, world, local_rank, dev, lay, True, threads, group, lines, k, leader=rank)
+    rt = Runtime(rank, world, local_rank, dev, lay, True, threads, group, lines, k, leader=rank,
+                 bucket_numel=int(bucket_mb * 2**20) // WIRE_BYTES)  # fmt: skip
     if k > 1:  # rank 0 + the leaders; then each client's own group (the same calls, in order, on every rank)
         rt.fed_group = dist.new_group([0, *range(1, world, k)], backend=lay.world_backend, timeout=timeout)
         for first in range(1, world, k):
@@ -173,16 +176,22 @@ def _wire_device(rt: Runtime, backend: str) -> torch.device:
 
 
 def broadcast(rt: Runtime, msg: Message) -> tuple[Message, int]:
-    """Rank 0's message to every rank (others pass one of the same names and shapes).
-
-    Returns (the message on this rank's device, bytes moved). In relay layouts rank 0 sends one
-    buffer to rank 1, which broadcasts it among the client ranks.
-    """
+    """Rank 0's message to every rank (others pass one of the same names and shapes), written into
+    `msg`'s own tensors, bucket by bucket (`rt.bucket_numel` values at most: extra memory is one
+    bucket, not one message). Returns (msg, bytes moved). In relay layouts rank 0 sends each bucket
+    to rank 1, which broadcasts it among the client leaders; a leader hands it on to its client's ranks."""
     if not rt.distributed:
         return msg, 0
-    backend = rt.layout.world_backend
-    buf = pack(msg, _wire_device(rt, backend))
-    groups = (rt.world_size - 1) // rt.ranks_per_client
+    flat, moved = Flat(msg), 0
+    for a, b in flat.buckets(rt.bucket_numel):
+        buf = _broadcast_buf(rt, flat.read(a, b, _wire_device(rt, rt.layout.world_backend)))
+        flat.write(a, b, buf)
+        groups = (rt.world_size - 1) // rt.ranks_per_client
+        moved += buf.numel() * WIRE_BYTES * (groups + groups * (rt.ranks_per_client - 1))
+    return msg, moved
+
+
+def _broadcast_buf(rt: Runtime, buf: torch.Tensor) -> torch.Tensor:
     if rt.client_group is None:
         if rt.is_leader:  # every rank when clients are single ranks (fed_group None: the world)
             dist.broadcast(buf, src=0, group=rt.fed_group)
@@ -195,43 +204,63 @@ def broadcast(rt: Runtime, msg: Message) -> tuple[Message, int]:
             buf = buf.to(_wire_device(rt, rt.layout.client_backend or "gloo"))
             dist.broadcast(buf, src=1, group=rt.client_group)
     if rt.my_group is not None:  # the leader hands it on to the other ranks of its client
-        buf = buf.to(_wire_device(rt, rt.layout.client_backend or backend))
+        buf = buf.to(_wire_device(rt, rt.layout.client_backend or rt.layout.world_backend))
         dist.broadcast(buf, src=rt.leader, group=rt.my_group)
-    moved = buf.numel() * WIRE_BYTES * (groups + groups * (rt.ranks_per_client - 1))
-    return unpack(buf, msg, rt.device), moved
+    return buf
 
 
 def reduce_sum(rt: Runtime, msg: Message, everyone: bool = False) -> tuple[Message, int]:
-    """Element-wise sum of the client leaders' messages (`everyone`: of every rank's), delivered to
-    rank 0 on its device.
+    """Element-wise sum of the client leaders' messages (`everyone`: of every rank's), written into
+    rank 0's `msg`, bucket by bucket (extra memory: one bucket a rank, one per sender on rank 0).
 
-    Rank 0 contributes zeros when it holds no client. Other ranks get back their input's shapes
-    (contents unspecified); a rank that is not a leader takes no part (the other ranks of a client
-    hold what its leader sends). In relay layouts the leaders reduce to rank 1 over their own group
-    (NCCL on GPUs), and rank 1 sends the one summed buffer to rank 0. `everyone` reduces over the
-    whole world directly (small messages: the evaluation's sums).
+    Rank 0 gathers each bucket and adds the ranks' values in rank order, so the sum is the same bit
+    for bit whatever the bucket size (a tree or ring reduce adds in an order that depends on the
+    buffer). Rank 0 contributes zeros when it holds no client. Other ranks' messages are left
+    unspecified; a rank that is not a leader takes no part (the other ranks of a client hold what
+    its leader sends). In relay layouts the leaders reduce to rank 1 over their own group (NCCL on
+    GPUs), and rank 1 sends each summed bucket to rank 0. `everyone` covers the whole
+    world (small messages: the evaluation's sums).
     """
+    if not rt.distributed or not (everyone or rt.is_leader):
+        return msg, 0
+    flat, moved = Flat(msg), 0
+    senders = rt.world_size - 1 if everyone else (rt.world_size - 1) // rt.ranks_per_client
+    for a, b in flat.buckets(rt.bucket_numel):
+        if everyone or rt.client_group is None:
+            group, size = (None, rt.world_size) if everyone else (rt.fed_group, 1 + senders)
+            buf = _ordered_sum(rt, flat.read(a, b, _wire_device(rt, rt.layout.world_backend)), group, size, 0)
+        elif rt.rank > 0:
+            buf = flat.read(a, b, _wire_device(rt, rt.layout.client_backend or "gloo"))
+            buf = _ordered_sum(rt, buf, rt.client_group, senders, 1).cpu()
+            if rt.rank == 1:
+                dist.send(buf, dst=0)
+        else:
+            buf = torch.zeros(b - a, dtype=WIRE_DTYPE)
+            dist.recv(buf, src=1)
+        if rt.rank == 0:
+            flat.write(a, b, buf)
+        moved += (b - a) * WIRE_BYTES * senders
+    return msg, moved
+
+
+def _ordered_sum(rt: Runtime, buf: torch.Tensor, group: object, members: int, root: int) -> torch.Tensor:
+    """On `root`: the sum of the group's buffers, added in rank order (elsewhere: the own buffer)."""
+    got = [torch.zeros_like(buf) for _ in range(members)] if rt.rank == root else None
+    dist.gather(buf, got, dst=root, group=group)
+    if rt.rank != root:
+        return buf
+    total = got[0].clone()  # type: ignore[index]
+    for other in got[1:]:  # type: ignore[index]
+        total.add_(other)
+    return total
+
+
+def broadcast_bytes(rt: Runtime, buf: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Rank 0's byte payload (uint8, a size every rank knows) to every rank; (payload, bytes moved)."""
     if not rt.distributed:
-        return msg, 0
-    if everyone or rt.client_group is None:
-        if not (everyone or rt.is_leader):
-            return msg, 0
-        buf = pack(msg, _wire_device(rt, rt.layout.world_backend))
-        dist.reduce(buf, dst=0, op=dist.ReduceOp.SUM, group=None if everyone else rt.fed_group)
-        senders = rt.world_size - 1 if everyone else (rt.world_size - 1) // rt.ranks_per_client
-        return unpack(buf, msg, rt.device), buf.numel() * WIRE_BYTES * senders
-    if not rt.is_leader:
-        return msg, 0
-    if rt.rank > 0:
-        buf = pack(msg, _wire_device(rt, rt.layout.client_backend or "gloo"))
-        dist.reduce(buf, dst=1, op=dist.ReduceOp.SUM, group=rt.client_group)
-        buf = buf.cpu()
-        if rt.rank == 1:
-            dist.send(buf, dst=0)
-    else:
-        buf = pack(msg, "cpu")
-        dist.recv(buf, src=1)
-    return unpack(buf, msg, rt.device), buf.numel() * WIRE_BYTES * (rt.world_size - 1) // rt.ranks_per_client
+        return buf, 0
+    out = _broadcast_buf(rt, buf.to(_wire_device(rt, rt.layout.world_backend)))
+    return out.cpu(), buf.numel() * (rt.world_size - 1)
 
 
 def gather_messages(
@@ -260,6 +289,33 @@ def gather_messages(
         keys = sorted(k for k, o in owners.items() if o == r)
         for j, key in enumerate(keys):
             got[key] = unpack(out[i][j], like, rt.device)  # type: ignore[index]
+    return got, moved
+
+
+def gather_bytes(
+    rt: Runtime, mine: dict[int, torch.Tensor], size: int, owners: dict[int, int]
+) -> tuple[dict[int, torch.Tensor], int]:
+    """Byte payloads keyed by id (each `size` bytes, uint8) to rank 0, from the rank `owners` names for
+    each; (every id's payload on rank 0, {} elsewhere; bytes moved: the payloads that exist)."""
+    if not rt.distributed:
+        return mine, 0
+    if not rt.is_leader:
+        return {}, 0
+    members = [0, *range(1, rt.world_size, rt.ranks_per_client)]
+    counts = [sum(1 for o in owners.values() if o == r) for r in members]
+    dev = _wire_device(rt, rt.layout.world_backend)
+    buf = torch.zeros(max(max(counts), 1), size, dtype=torch.uint8, device=dev)
+    for j, key in enumerate(sorted(mine)):
+        buf[j] = mine[key].to(dev)
+    out = [torch.zeros_like(buf) for _ in members] if rt.rank == 0 else None
+    dist.gather(buf, out, dst=0, group=rt.fed_group)
+    moved = size * sum(counts[1:])
+    if rt.rank != 0:
+        return {}, moved
+    got = {}
+    for i, r in enumerate(members):
+        for j, key in enumerate(sorted(k for k, o in owners.items() if o == r)):
+            got[key] = out[i][j].cpu()  # type: ignore[index]
     return got, moved
 
 

@@ -284,6 +284,21 @@ class Config(CrossKeyRules):
     overwrite: bool = _f(
         False, "true: replace the results and checkpoints of an existing run folder (otherwise that is refused)"
     )
+    bucket_mb: float = _f(
+        25.0,
+        "collectives move messages in buckets of at most this many MB (extra memory: one bucket); 0: whole",
+        lo=0,
+        hi=1e6,
+    )
+    update_compression: str = _f(
+        "none",
+        "what travels up (each client's update) and down (the global state's change): none (fp32), bf16, int8 "
+        "(QSGD: per-block scale, stochastic rounding), topk (largest topk_ratio of each tensor, error feedback)",
+        ("none", "bf16", "int8", "topk"),
+    )
+    topk_ratio: float = _f(
+        0.1, "update_compression=topk: the share of each tensor's values that travels", lo=0, hi=1, open_lo=True
+    )
     collective_timeout_s: float = _f(
         1800.0, "seconds a collective may wait for a silent rank before failing", lo=1, hi=30 * 86400
     )

@@ -73,3 +73,51 @@ def unpack(buf: torch.Tensor, like: Message, device: torch.device | str = "cpu")
         raise ValueError(f"buffer of {buf.numel()} values does not match the message ({offset} + {len(like.scalars)})")
     values = buf[offset:].tolist()
     return Message(parts, dict(zip(sorted(like.scalars), values, strict=True)))
+
+
+class Flat:
+    """A message seen as one flat run of fp32 values (tensors in sorted (part, name) order, then the
+    scalars), read and written in slices: what bucketed collectives move one bucket at a time.
+    Writes go into the message's own tensors, in place (tensors are made contiguous first)."""
+
+    def __init__(self, msg: Message):
+        self.msg = msg
+        for p, k in _names(msg):
+            msg.parts[p][k] = msg.parts[p][k].contiguous()
+        self.views = [msg.parts[p][k].view(-1) for p, k in _names(msg)]
+        self.scalar_names = sorted(msg.scalars)
+        self.views.append(torch.tensor([float(msg.scalars[k]) for k in self.scalar_names], dtype=WIRE_DTYPE))
+        self.starts = [0]
+        for v in self.views:
+            self.starts.append(self.starts[-1] + v.numel())
+
+    @property
+    def numel(self) -> int:
+        return self.starts[-1]
+
+    def buckets(self, cap: int) -> list[tuple[int, int]]:
+        """[start, stop) ranges of at most `cap` values covering the message (one range when cap <= 0)."""
+        if cap <= 0 or self.numel <= cap:
+            return [(0, self.numel)]
+        return [(a, min(a + cap, self.numel)) for a in range(0, self.numel, cap)]
+
+    def _pieces(self, a: int, b: int) -> list[tuple[int, int, int]]:
+        """(view index, start, stop) within each view that [a, b) covers."""
+        out = []
+        for i in range(len(self.views)):
+            lo, hi = max(a, self.starts[i]), min(b, self.starts[i + 1])
+            if lo < hi:
+                out.append((i, lo - self.starts[i], hi - self.starts[i]))
+        return out
+
+    def read(self, a: int, b: int, device: torch.device | str) -> torch.Tensor:
+        chunks = [self.views[i][s:e].to(device=device, dtype=WIRE_DTYPE) for i, s, e in self._pieces(a, b)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, dtype=WIRE_DTYPE, device=device)
+
+    def write(self, a: int, b: int, buf: torch.Tensor) -> None:
+        at = 0
+        for i, s, e in self._pieces(a, b):
+            self.views[i][s:e].copy_(buf[at : at + e - s])
+            at += e - s
+        if b == self.numel:  # the scalars are the run's last values
+            self.msg.scalars.update(zip(self.scalar_names, self.views[-1].tolist(), strict=True))

@@ -250,6 +250,9 @@ def begin_run(reporter: Reporter, cfg: Any, s: Any, payload: int, first_round: i
         "client_examples": [len(x) for x in s.shards],
         "test_examples": len(s.task.test),
         "resumed_from": s.resumed_from,
+        "data_notes": getattr(s.task, "notes", {}),
     })  # fmt: skip
+    if any((getattr(s.task, "notes", {}).get("skipped_rows") or {}).values()):
+        reporter.log(f"rows left out (prompt longer than max_length): {s.task.notes['skipped_rows']}")
     if rt.is_main:
         reporter.tracker = open_tracker(cfg.log_to, cfg.run_dir, cfg.to_dict())

@@ -30,7 +30,7 @@ def run(cfg: Config) -> dict[str, Any] | None:
     """Run one experiment; returns the results document on rank 0 (None on other ranks)."""
     start = time.perf_counter()
     rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s, cfg.server_device, cfg.client_allreduce,
-                   cfg.ranks_per_client)  # fmt: skip
+                   cfg.ranks_per_client, cfg.bucket_mb)  # fmt: skip
     previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     fed: Federation | None = None
     s = None

@@ -27,6 +27,7 @@ from fl.report import Reporter, begin_run, peak_memory
 from fl.rundir import save_pretrained_atomic
 from fl.setup import Setup
 from fl.strategies import RoundPlan, round_stats
+from fl.transport import Uplink, send_down
 
 
 class Federation:
@@ -62,7 +63,7 @@ class Federation:
         template = self.strategy.upload_template(self.global_state, plan)
         upload, train_s = self.train_clients(plan, template)
         wait_s = comm.barrier(self.rt)  # rank 0 waits here while the client ranks train
-        sums, individual, up = self.collect(plan, template, upload)
+        sums, individual, up = self.collect(upload)
         record: dict[str, Any] = {"round": r}
         aggregate_s = self.server_step(plan, sums, individual, record)
         down = self.send_down(r + 1, record)
@@ -97,35 +98,20 @@ class Federation:
             self.evaluate({**initial, "wire_bytes_down": down["bytes"], "time_comm_s": down["s"]}, 0.0, 0.0, None)
         self.reporter.start(self.cfg.rounds - self.first_round + 1)
 
-    def train_clients(self, plan: RoundPlan, template: Message) -> tuple[Message | dict[int, Message], float]:
-        """This rank's sampled clients, trained by the runner; their messages summed (or kept apart when
-        rank 0 gathers). `template`: zeros with every name the round's upload carries."""
+    def train_clients(self, plan: RoundPlan, template: Message) -> tuple[Uplink, float]:
+        """This rank's sampled clients, trained by the runner; their messages into this rank's upload.
+        `template`: zeros with every name the round's upload carries."""
         t0 = time.perf_counter()
         self.reporter.round_started(plan.round, self.s.runner.examples(plan) * self.cfg.local_epochs)
-        total: Message | dict[int, Message] = {} if self.strategy.gathers else template.zeros()
+        upload = Uplink(self.strategy, template, plan)
         for u in self.s.runner.train(plan, self.global_state, self.reporter.step):
-            msg = self.strategy.client_message(template, u, plan)
-            if isinstance(total, dict):
-                total[u.client] = msg
-            else:
-                total.add_(msg)
-        return total, time.perf_counter() - t0
+            upload.add(u.client, self.strategy.client_message(template, u, plan))
+        return upload, time.perf_counter() - t0
 
-    def collect(
-        self, plan: RoundPlan, template: Message, upload: Message | dict[int, Message]
-    ) -> tuple[Message, dict[int, Message] | None, dict[str, float]]:
-        """The clients' updates on rank 0: summed by one reduce, or gathered one by one (median,
-        trimmed mean), in which case rank 0 forms the same sums itself."""
+    def collect(self, upload: Uplink) -> tuple[Message, dict[int, Message] | None, dict[str, float]]:
+        """The clients' updates on rank 0 (summed, gathered or decoded, as `fl.transport` moves them)."""
         t0 = time.perf_counter()
-        if isinstance(upload, Message):
-            sums, moved = comm.reduce_sum(self.rt, upload)
-            individual = None
-        else:
-            sampled = {c: self.s.placement.owner(c) for c in plan.clients}
-            individual, moved = comm.gather_messages(self.rt, upload, template, sampled)
-            sums = template.zeros()
-            for msg in individual.values():
-                sums.add_(msg)
+        sums, individual, moved = upload.collect(self.rt, self.s.placement.owners())
         return sums, individual, {"bytes": moved, "s": time.perf_counter() - t0}
 
     def server_step(
@@ -153,12 +139,9 @@ class Federation:
     def send_down(self, next_round: int, record: dict[str, Any]) -> dict[str, float]:
         """Rank 0 sends the global state and what the parts send with it; every rank loads it, to score
         now and to train from next."""
-        msg = self.strategy.downlink(self.global_state, next_round, record)
-        t0 = time.perf_counter()
-        msg, moved = comm.broadcast(self.rt, msg)
-        self.global_state = self.strategy.read_downlink(msg)
+        self.global_state, moved, seconds = send_down(self.rt, self.strategy, self.global_state, next_round, record)
         self.load(self.global_state)
-        return {"bytes": moved, "s": time.perf_counter() - t0}
+        return {"bytes": moved, "s": seconds}
 
     def evaluate(self, record: dict[str, Any], train_s: float, wait_s: float, t0: float | None) -> None:
         """Every rank scores its test rows into the task's metric sums; one reduce brings them and each

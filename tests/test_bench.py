@@ -151,3 +151,21 @@ def test_llm_quick(tmp_path, tiny_llama_dir):
     kd = doc["results"]["FedKDLoRA (client KD, top-k)"]["rounds"][1]
     assert kd["bytes_logits"] > 0 and "teacher_test_perplexity" in kd
     assert (tmp_path / "llm-quick.png").stat().st_size > 0 and "python -m bench.llm" in path.read_text()
+
+
+def test_batched_quick(tmp_path, tiny_model_dir):
+    from bench import batched
+
+    path = batched.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert set(doc) >= {"sequential-1", "batched-2", "plain-2"} and doc["batched-2"]["examples"] == 2 * 16
+    assert "python -m bench.batched" in path.read_text()
+
+
+def test_client_ranks_quick(tmp_path, tiny_model_dir):
+    from bench import client_ranks
+
+    path = client_ranks.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert doc["fedlora-k2"]["examples_per_rank"]["1"] == doc["fedlora-k2"]["examples_per_rank"]["2"]
+    assert doc["fedavg-allreduce_s"] > 0

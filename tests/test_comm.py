@@ -88,3 +88,47 @@ def test_gloo_collectives(tmp_path, relay):
     assert r["flags"] is False  # rank 2 said not ok
     assert r["down"] == 8 * 4 * 3  # 8 floats (7 + 1 scalar) reach 3 ranks (relayed or not)
     assert r["up"] == 8 * 4 * 3
+
+
+def _bucketed(rank: int, out_dir: str, relay: str) -> None:
+    """The same random messages broadcast and reduced whole and in buckets of 5 values (smaller than
+    a tensor, a tensor split over buckets, the scalars in the last); plus byte payloads."""
+    shapes = {"a": (3, 4), "b": (7,), "c": (2, 2, 2)}
+
+    def message(seed_rank: int) -> Message:
+        g = torch.Generator().manual_seed(seed_rank)
+        return Message({"p": {k: torch.randn(*s, generator=g) for k, s in shapes.items()}}, {"n": 0.5 + seed_rank})
+
+    out = {}
+    for cap in (0, 5):
+        rt = comm.init("cpu", num_threads=1, client_allreduce=relay) if cap == 0 else rt  # noqa: F821
+        rt.bucket_numel = cap
+        down, moved_down = comm.broadcast(rt, message(0) if rank == 0 else message(99).zeros())
+        up, moved_up = comm.reduce_sum(rt, message(rank))
+        if rank == 0:
+            out[cap] = {"down": {k: v.tolist() for k, v in down.parts["p"].items()}, "n": down.scalars["n"],
+                        "up": {k: v.tolist() for k, v in up.parts["p"].items()}, "un": up.scalars["n"],
+                        "bytes": [moved_down, moved_up]}  # fmt: skip
+    payload, moved = comm.broadcast_bytes(
+        rt, torch.arange(10, dtype=torch.uint8) if rank == 0 else torch.zeros(10, dtype=torch.uint8)
+    )
+    got, gmoved = comm.gather_bytes(rt, {rank: torch.full((4,), rank, dtype=torch.uint8)} if rank else {}, 4,
+                                    {1: 1, 2: 2, 3: 3})  # fmt: skip
+    if rank == 0:
+        got_lists = {str(k): v.tolist() for k, v in got.items()}
+        out["bytes"] = {"payload": payload.tolist(), "moved": moved, "got": got_lists, "gmoved": gmoved}
+        with open(f"{out_dir}/bucketed-{relay}.json", "w") as fh:
+            json.dump(out, fh)
+    comm.shutdown()
+
+
+@pytest.mark.parametrize("relay", ["false", "true"])
+def test_bucketed_collectives_are_bit_identical_to_whole_ones(tmp_path, relay):
+    spawn(_bucketed, 4, str(tmp_path), relay)
+    r = json.loads((tmp_path / f"bucketed-{relay}.json").read_text())
+    assert r["0"] == r["5"]  # every value, bit for bit (JSON keeps every digit of a float)
+    own = 0.0 if relay == "true" else 0.5  # in the relay rank 0's own message is not added (it holds no client)
+    assert r["0"]["n"] == 0.5 and r["0"]["un"] == own + 1.5 + 2.5 + 3.5
+    assert r["0"]["bytes"] == [(12 + 7 + 8 + 1) * 4 * 3, (12 + 7 + 8 + 1) * 4 * 3]
+    assert r["bytes"]["payload"] == list(range(10)) and r["bytes"]["moved"] == 10 * 3
+    assert r["bytes"]["got"] == {"1": [1] * 4, "2": [2] * 4, "3": [3] * 4} and r["bytes"]["gmoved"] == 12

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fl.config import Config
 from fl.strategies.aggregate import Aggregator, MeanAggregation, RobustAggregation
 from fl.strategies.base import ClientUpdate, Part, RoundPlan, State, update_problem
+from fl.strategies.compression import Compression
 from fl.strategies.feddyn import FedDyn
 from fl.strategies.fedprox import FedProx
 from fl.strategies.lora_agg import LoraAggregator
@@ -37,6 +38,8 @@ def build_parts(cfg: Config) -> list[Part]:
         parts.append(Scaffold(cfg.num_clients))
     if cfg.feddyn_alpha > 0:
         parts.append(FedDyn.from_config(cfg))
+    if cfg.update_compression != "none":
+        parts.append(Compression.from_config(cfg))
     return parts
 
 

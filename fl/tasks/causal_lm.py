@@ -76,6 +76,9 @@ class CausalLMTask:
     def from_config(cls, cfg: Config) -> CausalLMTask:
         tokenizer = lm_tokenizer(models.resolve_model(cfg.model))
         data = load_lm_data(cfg, tokenizer)
+        train, skipped = lm_encode.fitting_rows(tokenizer, data.train, cfg.max_length, cfg.long_prompts, "train")
+        test, skipped_test = lm_encode.fitting_rows(tokenizer, data.test, cfg.max_length, cfg.long_prompts, "test")
+        data = LMData(data.name, data.kind, train, test, data.choices, {"train": skipped, "test": skipped_test})
         new = cfg.max_new_tokens
         if new is None:  # short answers: generate them, with room for a sentence around them; else the loss only
             answers = [str(m[-1]["content"]) for m in data.test.ds["messages"]] if data.kind == "chat" else []
@@ -87,6 +90,11 @@ class CausalLMTask:
     name = property(lambda self: self.data.name)
     train = property(lambda self: self.data.train)
     test = property(lambda self: self.data.test)
+
+    @property
+    def notes(self) -> dict[str, Any]:
+        """What results.json records of the data: rows left out because their prompt does not fit."""
+        return {"skipped_rows": self.data.skipped} if self.data.skipped else {}
 
     @property
     def generates(self) -> bool:

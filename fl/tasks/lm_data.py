@@ -56,6 +56,7 @@ class LMData:
     train: LMRows
     test: LMRows
     choices: tuple[str, ...] | None = None  # answer words, for choice accuracy
+    skipped: dict[str, int] | None = None  # rows left out per split (long_prompts=skip)
 
 
 def as_messages(ds: Any, cfg: Config, where: str) -> Any:

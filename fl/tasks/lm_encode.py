@@ -3,7 +3,8 @@
 
 Truncation never drops a whole response: a row whose prompt alone leaves no room for a response
 token in `max_length` is an error naming the row (`long_prompts=error`, the default) or is left out
-and counted (`long_prompts=skip`); a response that does not fit is cut at `max_length` and counted.
+of the data when it is loaded, and counted (`long_prompts=skip`, `fitting_rows`); a response that
+does not fit is cut at `max_length` and counted.
 """
 
 from __future__ import annotations
@@ -86,23 +87,41 @@ def chat_row(tokenizer: Any, messages: list[dict], train_on_prompt: bool) -> tup
     return ids, labels, prompt
 
 
+def fitting_rows(tokenizer: Any, rows: LMRows, max_length: int, long_prompts: str, split: str) -> tuple[LMRows, int]:
+    """The chat rows whose prompt leaves room for a response (`long_prompts=skip`), and how many were
+    left out; with `long_prompts=error` the first row that does not fit is an error naming it."""
+    if "messages" not in rows.ds.column_names:
+        return rows, 0
+    keep = []
+    for r, messages in enumerate(rows.ds["messages"]):
+        n = len(chat_row(tokenizer, messages, False)[2])
+        if n < max_length:
+            keep.append(r)
+        elif long_prompts == "error":
+            raise ConfigError(
+                f"{split} row {r + 1}: its prompt has {n} tokens, no room for a response in max_length="
+                f"{max_length}; raise max_length, shorten the prompt, or set long_prompts=skip"
+            )
+    if not keep:
+        raise ConfigError(f"every {split} row's prompt is longer than max_length={max_length}; raise max_length")
+    return (rows if len(keep) == len(rows) else rows.subset(keep)), len(rows) - len(keep)
+
+
 def encode_rows(tokenizer: Any, rows: LMRows, max_length: int, train_on_prompt: bool, long_prompts: str) -> LMEncoded:
-    """Every row of a split as token ids and labels (see the module docstring for truncation)."""
+    """Every row of a split as token ids and labels, one per row (rows that cannot fit were left out
+    at load, `fitting_rows`; see the module docstring for truncation)."""
     pad = tokenizer.pad_token_id
     if "input_ids" in rows.ds.column_names:  # packed text blocks: every token counts
         blocks = [list(b) for b in rows.ds["input_ids"]]
         return LMEncoded(blocks, [list(b) for b in blocks], pad)
-    out = LMEncoded([], [], pad, [], [], {"skipped": 0, "truncated": 0})
+    out = LMEncoded([], [], pad, [], [], {"truncated": 0})
     for r, messages in enumerate(rows.ds["messages"]):
         ids, labels, prompt = chat_row(tokenizer, messages, train_on_prompt)
         if len(prompt) >= max_length:
-            if long_prompts == "error":
-                raise ConfigError(
-                    f"row {r + 1}: its prompt has {len(prompt)} tokens, no room for a response in max_length="
-                    f"{max_length}; raise max_length, shorten the prompt, or set long_prompts=skip"
-                )
-            out.counts["skipped"] += 1
-            continue
+            raise ConfigError(
+                f"row {r + 1}: its prompt has {len(prompt)} tokens, no room for a response in max_length="
+                f"{max_length}; raise max_length, shorten the prompt, or set long_prompts=skip"
+            )
         if len(ids) > max_length:
             ids, labels = ids[:max_length], labels[:max_length]
             out.counts["truncated"] += 1
@@ -110,8 +129,6 @@ def encode_rows(tokenizer: Any, rows: LMRows, max_length: int, train_on_prompt: 
         out.labels.append(labels)
         out.prompts.append(prompt)  # type: ignore[union-attr]
         out.answers.append(str(messages[-1]["content"]) if messages[-1]["role"] == "assistant" else "")  # type: ignore[union-attr]
-    if not out.input_ids:
-        raise ConfigError(f"every row's prompt is longer than max_length={max_length}; raise max_length")
     return out
 
 
