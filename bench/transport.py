@@ -53,7 +53,7 @@ def compression(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     common = [
         "task=sst2", f"data_dir={args.data_dir}", f"model={args.model}", "num_clients=8", "clients_per_round=4",
         "partition=dirichlet", "dirichlet_alpha=0.3", f"rounds={args.rounds}", f"max_train_samples={args.rows}",
-        "max_eval_samples=872", "seed=42", f"output_dir={runs}", "save_model=false", "overwrite=true",
+        "teacher_data_pct=0", "lr=2e-3", "seed=42", f"output_dir={runs}", "save_model=false", "overwrite=true",
         "checkpoint_every=0", "topk_ratio=0.1",
     ]  # fmt: skip
     if args.quick:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m bench.transport", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=str(GLUE))
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--rows", type=int, default=2000, help="SST-2 train rows (bench.algorithms' workload)")
+    ap.add_argument("--rows", type=int, default=1600, help="SST-2 train rows (bench.algorithms' workload)")
     add_common_args(ap)
     args = ap.parse_args(argv)
     if args.quick:
@@ -109,10 +109,11 @@ def render(args: argparse.Namespace, results: dict[str, Any], out: Path, argv: l
         f"({mem['0']['total_parameters']:,} parameters, random weights) with 2 clients on 2 client ranks under "
         "torchrun (rank 0 first):\n\n"
         + md_table(["messages", "rank 0", "rank 1", "rank 2", "wall s"], mem_rows)
-        + f"\nCompression on bench.algorithms' workload (SST-2, first {args.rows} train rows, Dirichlet 0.3, 8 "
-        f"clients, 4 a round, {args.rounds} rounds, seed 42, 872 dev rows, torchrun with 3 processes; topk_ratio "
-        "0.1). bytes up: what a deployment moves (one message per sampled client); wire: what fl's collectives "
-        "moved between its ranks (compressed: each client's payload).\n\n"
+        + f"\nCompression on bench.algorithms' workload (SST-2, first {args.rows} train rows, no public slice, "
+        f"Dirichlet 0.3, 8 clients, 4 a round, {args.rounds} rounds, seed 42, all 872 dev rows, FedLoRA lr 2e-3 / "
+        "FedAvg lr 5e-5, fp32, torchrun with 3 processes; topk_ratio 0.1). bytes up: what a deployment moves "
+        "(one message per sampled client); wire: what fl's collectives moved between its ranks (compressed: "
+        "each client's payload).\n\n"
         + md_table(
             [
                 "scheme",

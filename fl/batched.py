@@ -229,6 +229,7 @@ def train_together(
         for c in (c for c in range(k) if active[c]):
             for term in terms[c]:
                 term.after_step(views[c], lrs[c])
+            clocks[c][0].step()  # no gradient: a no-op that keeps the scheduler's order check quiet
             clocks[c][1].step()
             s = stats[c]
             s["lr_sum"] += lrs[c]

@@ -128,7 +128,7 @@ def make_overrides(model_dir: Path, train: Path, test: Path, out_dir: Path, run_
     return [
         f"model={model_dir}", "task=csv", f"train_file={train}", f"test_file={test}", "num_clients=4", "rounds=2",
         "batch_size=16", "lr=5e-3", "max_length=16", "lora_r=4", "teacher_data_pct=20", f"output_dir={out_dir}",
-        f"run_name={run_name}", "num_threads=1",
+        f"run_name={run_name}", "num_threads=1", "precision=fp32",
     ]  # fmt: skip
 
 
@@ -226,5 +226,5 @@ def lm_overrides(model_dir: Path, train: Path, test: Path, out_dir: Path, run_na
         "task_kind=causal_lm", f"model={model_dir}", "task=csv", f"train_file={train}", f"test_file={test}",
         "num_clients=4", "rounds=2", "batch_size=8", "lr=5e-3", "max_length=32", "lora_r=4", "lora_dropout=0",
         "teacher_data_pct=20", f"output_dir={out_dir}", f"run_name={run_name}", "num_threads=1",
-        "eval_batch_size=16",
+        "eval_batch_size=16", "precision=fp32",
     ]  # fmt: skip
