@@ -5,6 +5,7 @@ the job ends (completed, interrupted by a signal or a dead peer, or failed).
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Any
@@ -29,13 +30,17 @@ def _stop_on_signal(signum: int, frame: Any) -> None:
 def run(cfg: Config) -> dict[str, Any] | None:
     """Run one experiment; returns the results document on rank 0 (None on other ranks)."""
     start = time.perf_counter()
+    imports_s = process_age_s()  # the interpreter and every import before the run starts
     rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s, cfg.server_device, cfg.client_allreduce,
                    cfg.ranks_per_client, cfg.bucket_mb)  # fmt: skip
     previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     fed: Federation | None = None
     s = None
     try:
+        t0 = time.perf_counter()
         s, first_round, records = set_up(cfg, rt)
+        s.timings = {"imports_s": imports_s, "process_group_s": t0 - start, **s.timings,
+                     "setup_s": time.perf_counter() - t0}  # fmt: skip
         fed = Federation(cfg, s, first_round, records)
         doc = fed.run()
         fed.reporter.finish(time.perf_counter() - start)
@@ -57,6 +62,16 @@ def run(cfg: Config) -> dict[str, Any] | None:
             signal.signal(sig, handler)
     comm.shutdown()
     return doc
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: /proc), 0 where that cannot be read."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def first_line(err: BaseException) -> str:

@@ -90,12 +90,14 @@ class Federation:
     # ---- steps ------------------------------------------------------------------------------
     def start(self) -> None:
         """Send the global state down (and, on resume, every client's own state); score round 0."""
+        t0 = time.perf_counter()
         down = self.send_down(self.first_round, {})
         if self.s.resumed_from:
             self.scatter_client_state()
         if self.first_round == 1:
             initial = {"round": 0, "train_loss": None, "bytes_up": 0, "bytes_down": 0, "wire_bytes_up": 0}
             self.evaluate({**initial, "wire_bytes_down": down["bytes"], "time_comm_s": down["s"]}, 0.0, 0.0, None)
+        self.s.timings["start_s"] = time.perf_counter() - t0
         self.reporter.start(self.cfg.rounds - self.first_round + 1)
 
     def train_clients(self, plan: RoundPlan, template: Message) -> tuple[Uplink, float]:
@@ -218,10 +220,11 @@ class Federation:
     def finish(self) -> dict[str, Any] | None:
         """Per-rank memory, the final model (rank 0), the completed results document."""
         self.reporter.stop()
-        memory = comm.gather_object(self.rt, peak_memory(self.rt.device))
+        got = comm.gather_object(self.rt, (peak_memory(self.rt.device), self.s.timings))
         if not self.rt.is_main:
             return None
-        self.reporter.doc["peak_memory_per_rank"] = memory
+        self.reporter.doc["peak_memory_per_rank"] = [m for m, _ in got]  # type: ignore[union-attr]
+        self.reporter.doc["startup_per_rank"] = [t for _, t in got]  # type: ignore[union-attr]
         if self.cfg.save_model:
             model, tokenizer = self.s.model, self.s.tokenizer
             self.strategy.save(self.cfg.run_dir, model, tokenizer)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ class Setup:
     test: Any  # this rank's encoded test rows, or None
     faults: Faults
     resumed_from: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # set-up phases, seconds
 
 
 def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
@@ -97,7 +99,8 @@ def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
 
 def prepare(cfg: Config, rt: Runtime) -> Setup:
     """Load data, split it, build the model, the strategy and the runner (and, on rank 0, the
-    teacher). Raises ConfigError before anything is written."""
+    teacher). Raises ConfigError before anything is written. `Setup.timings` says where the time went."""
+    clock = Clock()
     placement = Placement(rt.world_size, cfg.num_clients, cfg.ranks_per_client)
     try:
         placement.check()
@@ -105,21 +108,25 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
         raise ConfigError(str(err)) from None
     task = build_task(cfg)
     public_size, shards = split_clients(cfg, task)
+    clock.lap("data_s")
     lora = cfg.scheme in LORA_SCHEMES
     spec = models.ModelSpec.from_config(cfg, lora=lora, freeze_a=lora and cfg.lora_aggregation == "ffa")
     model, tokenizer, path = task.build_model(spec)
     models.check_max_length(model, cfg.max_length)
     if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed by its device_map
         model.to(rt.device)
+    clock.lap("model_s")
     mine = placement.clients_of(rt.rank)
-    # tokenized once per split (Dataset.map caches it across runs), then selected by row
-    train = task.encode(tokenizer, task.train) if mine else None
-    extra = [distillation(cfg, task, model, tokenizer, public_size, train, rt)] if cfg.scheme == "fedkdlora" else []
+    kd_public = range(public_size) if cfg.scheme == "fedkdlora" and cfg.kd_placement == "clients" else range(0)
+    train = encode_rows(task, tokenizer, [*kd_public, *(i for c in mine for i in shards[c])]) if mine else None
+    test_rows = placement.eval_rows(rt.rank, len(task.test))
+    test = task.encode(tokenizer, task.test.subset(test_rows)) if test_rows else None  # only the rows it scores
+    clock.lap("tokenize_s")
+    public = train.subset(range(public_size)) if train is not None and len(kd_public) else None
+    extra = [distillation(cfg, task, model, tokenizer, public_size, public, rt)] if cfg.scheme == "fedkdlora" else []
     strategy = build_strategy(cfg, extra)
     if (mode := strategy.part(LoraAggregator)) is not None:  # adapted modules, scale, FFA's A, FedEx's base
         mode.from_model(model)
-    test_rows = placement.eval_rows(rt.rank, len(task.test))
-    test = task.encode(tokenizer, task.test).subset(test_rows) if test_rows else None
     faults = Faults.parse(cfg.fault_inject)
     kind, extra_args = (SequentialRunner, {})
     if rt.group_size > 1:
@@ -131,22 +138,52 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
         LocalSchedule.from_config(cfg), device=rt.device, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
         max_update_norm=cfg.max_update_norm, faults=faults, **extra_args,
     )  # fmt: skip
-    return Setup(rt, placement, task, strategy, runner, shards, public_size, model, tokenizer, path, test, faults)
+    clock.lap("strategy_s")
+    return Setup(rt, placement, task, strategy, runner, shards, public_size, model, tokenizer, path, test, faults,
+                 timings=clock.laps)  # fmt: skip
+
+
+class Clock:
+    """Seconds between laps, by name."""
+
+    def __init__(self) -> None:
+        self.t, self.laps = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+class Rows:
+    """Encoded rows of train addressed by their train index (a rank tokenizes only the rows it needs)."""
+
+    def __init__(self, encoded: Any, index: list[int]):
+        self.encoded, self.at = encoded, {i: j for j, i in enumerate(index)}
+
+    def subset(self, rows: Any) -> Any:
+        return self.encoded.subset([self.at[i] for i in rows])
+
+
+def encode_rows(task: Task, tokenizer: Any, rows: list[int]) -> Rows:
+    """The train rows this rank trains on (and KD's public rows), tokenized once (the `Dataset.map`
+    cache serves the same selection in a later run)."""
+    index = sorted(set(rows))
+    return Rows(task.encode(tokenizer, task.train.subset(index)), index)
 
 
 def distillation(
-    cfg: Config, task: Task, model: torch.nn.Module, tokenizer: Any, public_size: int, train: Any, rt: Runtime
+    cfg: Config, task: Task, model: torch.nn.Module, tokenizer: Any, public_size: int, public: Any, rt: Runtime
 ) -> Distillation:
     """FedKDLoRA's part: the teacher on rank 0, the public rows (student tokenization) on client ranks."""
     teacher = TeacherServer.load(cfg, task, public_size, tokenizer, rt.device) if rt.is_main else None
     on_clients = cfg.kd_placement == "clients"
-    public = None
-    if on_clients:  # the student's tokenization of the public slice: what the logits travel for
-        public = train.subset(range(public_size)) if train is not None else teacher.public_s  # type: ignore[union-attr]
+    if on_clients and public is None:  # the student's tokenization of the public slice: what the logits travel for
+        public = teacher.public_s  # type: ignore[union-attr]
     cut = models.ModelSpec.from_config(cfg, lora=False) if cfg.student_layers else None
     return Distillation(
         task, model, on_clients, public_size, cfg.kd_public_examples, cfg.seed, cfg.rounds, cfg.kd_alpha,
-        cfg.kd_temperature, public, teacher, cut, train_here=train is not None,
+        cfg.kd_temperature, public, teacher, cut, train_here=bool(rt.world_size == 1 or not rt.is_main),
     )  # fmt: skip
 
 
