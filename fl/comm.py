@@ -185,7 +185,8 @@ def broadcast(rt: Runtime, msg: Message) -> tuple[Message, int]:
     flat, moved = Flat(msg), 0
     for a, b in flat.buckets(rt.bucket_numel):
         buf = _broadcast_buf(rt, flat.read(a, b, _wire_device(rt, rt.layout.world_backend)))
-        flat.write(a, b, buf)
+        if rt.rank != 0:  # the sender's own values are already in place
+            flat.write(a, b, buf)
         groups = (rt.world_size - 1) // rt.ranks_per_client
         moved += buf.numel() * WIRE_BYTES * (groups + groups * (rt.ranks_per_client - 1))
     return msg, moved

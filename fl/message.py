@@ -83,7 +83,8 @@ class Flat:
     def __init__(self, msg: Message):
         self.msg = msg
         for p, k in _names(msg):
-            msg.parts[p][k] = msg.parts[p][k].contiguous()
+            t = msg.parts[p][k]
+            msg.parts[p][k] = t.clone() if t.is_inference() else t.contiguous()  # writable, in place
         self.views = [msg.parts[p][k].view(-1) for p, k in _names(msg)]
         self.scalar_names = sorted(msg.scalars)
         self.views.append(torch.tensor([float(msg.scalars[k]) for k in self.scalar_names], dtype=WIRE_DTYPE))
