@@ -33,6 +33,8 @@ from bench.common import (
     write_report,
 )
 
+STARTUP_KEYS = ("imports_s", "process_group_s", "data_s", "model_s", "tokenize_s", "strategy_s", "setup_s", "start_s")
+
 
 def flower_run(spec: dict[str, Any]) -> dict[str, Any]:
     """bench.flower_app in a fresh Python; its per-round log plus wall time and peak tree PSS."""
@@ -46,6 +48,24 @@ def flower_run(spec: dict[str, Any]) -> dict[str, Any]:
         doc = json.loads(out_path.read_text())
     doc["wall_s"], doc["peak_tree_pss_bytes"] = wall, peak
     return doc
+
+
+def plain_run(spec: dict[str, Any], workers: int) -> dict[str, Any]:
+    """bench.plain's loop (`workers` 1-thread worker processes) in a fresh Python: its rounds, wall, peak tree PSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps({**spec, "workers": workers}))
+        code = (
+            "import json, sys; from bench.plain import run_loop; s = json.load(open(sys.argv[1])); "
+            "rows = lambda xs: [tuple(x) for x in xs]; "
+            "out = run_loop(s['model_path'], [rows(x) for x in s['shards']], rows(s['test']), rounds=s['rounds'], "
+            "lr=s['lr'], lora=True, workers=s['workers'], seed=s['seed']); json.dump(out, open(sys.argv[2], 'w'))"
+        )
+        proc, wall, peak = measure([sys.executable, "-c", code, str(spec_path), str(out_path)])
+        if proc.returncode != 0 or not out_path.exists():
+            raise RuntimeError(f"plain loop failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        rounds = json.loads(out_path.read_text())
+    return {"rounds": [{"round": 0}, *rounds], "wall_s": wall, "peak_tree_pss_bytes": peak}
 
 
 def summary(label: str, rounds: list[dict[str, Any]], wall: float, peak: int, acc_key: str) -> dict[str, Any]:
@@ -102,6 +122,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     flower_label = f"Flower {version('flwr')} simulation (Ray {version('ray')}, 1 CPU per client)"
     results = [summary(flower_label, *_flower(spec), "accuracy")]
+    base = plain_run(spec, workers=2)
+    plain_label = "plain transformers+peft loop, 2 worker processes x 1 thread"
+    results.append(summary(plain_label, base["rounds"], base["wall_s"], base["peak_tree_pss_bytes"], "test_accuracy"))
 
     runs = RUNS / f"peer{'-quick' if args.quick else ''}"
     common = [
@@ -128,8 +151,9 @@ def main(argv: list[str] | None = None) -> Path:
         docs[label] = doc
         results.append(summary(label, doc["rounds"], doc["wall_s"], doc["peak_tree_pss_bytes"], "test_accuracy"))
 
-    flower = results[0]
-    best = min(results[1:], key=lambda r: r["round_s"])
+    flower, plain_loop = results[0], results[1]
+    fl_runs = results[2:]
+    best = next((r for r in fl_runs if "torchrun" in r["label"]), fl_runs[0])
     rows = [
         [r["label"], r["round_s"], r["steady_round_s"], r["eval_s"], r["wall_s"], r["peak_gib"], r["final_accuracy"]]
         for r in results
@@ -139,7 +163,11 @@ def main(argv: list[str] | None = None) -> Path:
         "round_after_first": best["steady_round_s"] / flower["steady_round_s"],
         "total": best["wall_s"] / flower["wall_s"],
         "peak_memory": best["peak_gib"] / flower["peak_gib"],
+        "round_vs_plain": best["round_s"] / plain_loop["round_s"],
+        "total_vs_plain": best["wall_s"] / plain_loop["wall_s"],
+        "memory_vs_plain": best["peak_gib"] / plain_loop["peak_gib"],
     }
+    startup = {label: doc.get("startup_per_rank") for label, doc in docs.items()}
     body = (
         f"Workload: FedLoRA, SST-2, {args.clients} clients x {args.per_client} examples (same shards on both sides), "
         f"batch 16, max length 64, 1 local epoch, lr 2e-3, {args.rounds} rounds, seed 42, server-side scoring of "
@@ -161,19 +189,32 @@ def main(argv: list[str] | None = None) -> Path:
             ],
             rows,
         )
-        + f"\nfl's best ({best['label']}) against Flower, from this one run:\n\n"
+        + f"\n{best['label']} against Flower and against the plain loop, from this one run:\n\n"
         + md_table(
-            ["ratio fl / Flower", "value", "target"],
+            ["ratio", "value", "target"],
             [
-                ["seconds per round", ratios["round"], "<= 0.9"],
-                ["seconds per round, after round 1", ratios["round_after_first"], "<= 0.9"],
-                ["total wall time", ratios["total"], "<= 0.9"],
-                ["peak memory", ratios["peak_memory"], "<= 0.7"],
+                ["fl / Flower, seconds per round", ratios["round"], "<= 0.9"],
+                ["fl / Flower, seconds per round after round 1", ratios["round_after_first"], "<= 0.9"],
+                ["fl / Flower, total wall time", ratios["total"], "<= 0.9"],
+                ["fl / Flower, peak memory", ratios["peak_memory"], "<= 0.7"],
+                ["fl / plain loop, seconds per round", ratios["round_vs_plain"], "<= 0.98"],
+                ["fl / plain loop, total wall time", ratios["total_vs_plain"], "<= 0.95"],
+                ["fl / plain loop, peak memory", ratios["memory_vs_plain"], "-"],
             ],
         )
+        + "\nfl's start-up per rank (seconds, from results.json `startup_per_rank`; imports_s: from the "
+        "process's start to fl's run, with every import):\n\n"
+        + md_table(
+            ["run", "rank", *STARTUP_KEYS],
+            [
+                [label, i, *[t.get(k) for k in STARTUP_KEYS]]
+                for label, ts in startup.items()
+                for i, t in enumerate(ts or [])
+            ],
+        )  # fmt: skip
     )
     name = f"peer{'-quick' if args.quick else ''}"
-    data = {"results": results, "ratios": ratios, "fl_best": best["label"]}
+    data = {"results": results, "ratios": ratios, "fl_best": best["label"], "startup": startup}
     path = write_report("bench.peer", name, "Peer comparison: fl against Flower", body, data, Path(args.out), argv=argv)
     print(path.read_text())
     return path

@@ -52,10 +52,11 @@ def test_peer_quick(tmp_path, tiny_model_dir):
     path = peer.main(args)
     doc = json.loads(path.with_suffix(".json").read_text())
     labels = [r["label"] for r in doc["results"]]
-    assert labels[0].startswith("Flower ") and len(labels) == 3
+    assert labels[0].startswith("Flower ") and labels[1].startswith("plain") and len(labels) == 4
     for r in doc["results"]:  # every side finished its round and was measured
         assert len(r["rounds_s"]) == 1 and r["wall_s"] > 0 and r["peak_gib"] > 0
-    assert set(doc["ratios"]) == {"round", "round_after_first", "total", "peak_memory"}
+    assert {"round", "total", "peak_memory", "total_vs_plain", "round_vs_plain"} <= set(doc["ratios"])
+    assert all(t["imports_s"] > 0 and t["setup_s"] > 0 for ts in doc["startup"].values() for t in ts)
 
 
 def test_scaling_quick(tmp_path, tiny_model_dir):

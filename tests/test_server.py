@@ -112,8 +112,8 @@ def test_torchrun_results_file(torchrun_result):
         assert rec["sampled_clients"] == [0, 1, 2, 3] and rec["rejected_clients"] == {}
     assert doc["rounds"][0]["wire_bytes_down"] == 2 * 4 * numel  # the initial model, sent once before round 1
     assert doc["rounds"][0]["bytes_up"] == 0
-    for rec in doc["rounds"]:  # the 2 client ranks each send a confusion matrix [2, 2], a loss sum, 2 timings a rank
-        assert rec["bytes_eval"] == 2 * 4 * (2 * 2 + 1 + 2 * 3)
+    for rec in doc["rounds"]:  # the 2 client ranks each send a confusion matrix [2, 2], a loss sum, 3 figures a rank
+        assert rec["bytes_eval"] == 2 * 4 * (2 * 2 + 1 + 3 * 3)
     assert doc["env"]["layout"]["case"] == "cpu"
 
 
