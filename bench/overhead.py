@@ -16,8 +16,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench import plain
 from bench.common import GLUE, RUNS, add_common_args, md_table, run_torchrun, sst2_shards, write_report
+from bench.peer import plain_run
 
 # the consecutive parts of a round on rank 0's clock (time_idle_s runs alongside training, on other ranks):
 # training (rank 0 waits in a barrier for the slowest client rank under torchrun; it trains itself in one
@@ -78,9 +78,10 @@ def main(argv: list[str] | None = None) -> Path:
             "partition=contiguous",
         ] + ([f"max_eval_samples={max_eval}"] if max_eval else [])
         for workers, nproc in pairs:
-            base = plain.run_loop(
-                model_path, shards, test, rounds=args.rounds, lr=lr, lora=scheme == "fedlora", workers=workers
-            )
+            spec = {"model_path": model_path, "shards": shards, "test": test, "rounds": args.rounds, "lr": lr,
+                    "seed": 42, "lora": scheme == "fedlora"}  # fmt: skip
+            plain_doc = plain_run(spec, workers)  # its own process tree: wall and peak memory like fl's
+            base = plain_doc["rounds"][1:]
             name = f"{scheme}-{nproc}proc"
             doc = run_torchrun("fedlora.yaml", [*common, f"run_name={name}"], nproc, runs / name)
             plain_label = f"{workers} worker processes x 1 thread" if workers else "one process"
@@ -96,6 +97,11 @@ def main(argv: list[str] | None = None) -> Path:
                     plain_round,
                     fl_round,
                     fl_round / plain_round,
+                    plain_doc["wall_s"],
+                    doc["wall_s"],
+                    doc["wall_s"] - sum(r["time_s"] for r in fl_rounds),
+                    plain_doc["peak_tree_pss_bytes"] / 2**30,
+                    doc["peak_tree_pss_bytes"] / 2**30,
                     base[-1]["test_accuracy"],
                     doc["rounds"][-1]["test_accuracy"],
                 ]
@@ -107,6 +113,11 @@ def main(argv: list[str] | None = None) -> Path:
                 "plain_variant": plain_label,
                 "fl": doc["rounds"],
                 "ratio": fl_round / plain_round,
+                "plain_wall_s": plain_doc["wall_s"],
+                "fl_wall_s": doc["wall_s"],
+                "plain_peak_tree_pss_bytes": plain_doc["peak_tree_pss_bytes"],
+                "fl_peak_tree_pss_bytes": doc["peak_tree_pss_bytes"],
+                "fl_startup_per_rank": doc.get("startup_per_rank"),
             }
     body = (
         f"Workload: SST-2, {clients} clients x {args.per_client} examples (the same contiguous shards on both sides), "
@@ -114,7 +125,9 @@ def main(argv: list[str] | None = None) -> Path:
         "every round. Plain loop: `bench/plain.py`, transformers + peft + torch only, the same optimizer (AdamW, "
         "weight decay 0) and learning rate; with worker processes, a torch multiprocessing pool trains the clients "
         "(1 thread each) and the main process averages and scores the dev set in its own row order; fl scores it "
-        "split over its client ranks with rows sorted by length. Each pair is measured back to back in one run.\n\n"
+        "split over its client ranks with rows sorted by length. Each pair is measured back to back in one run, each "
+        "side in its own process tree: total wall includes start-up and shutdown, peak memory is the largest sum of "
+        "PSS over the tree's processes (torchrun's agent included).\n\n"
         + md_table(
             [
                 "scheme",
@@ -123,6 +136,11 @@ def main(argv: list[str] | None = None) -> Path:
                 "plain s / round",
                 "fl s / round",
                 "ratio fl / plain",
+                "plain total wall s",
+                "fl total wall s",
+                "fl wall minus rounds",
+                "plain peak GiB",
+                "fl peak GiB",
                 "plain final acc",
                 "fl final acc",
             ],

@@ -59,7 +59,8 @@ def plain_run(spec: dict[str, Any], workers: int) -> dict[str, Any]:
             "import json, sys; from bench.plain import run_loop; s = json.load(open(sys.argv[1])); "
             "rows = lambda xs: [tuple(x) for x in xs]; "
             "out = run_loop(s['model_path'], [rows(x) for x in s['shards']], rows(s['test']), rounds=s['rounds'], "
-            "lr=s['lr'], lora=True, workers=s['workers'], seed=s['seed']); json.dump(out, open(sys.argv[2], 'w'))"
+            "lr=s['lr'], lora=s.get('lora', True), workers=s['workers'], seed=s['seed']); "
+            "json.dump(out, open(sys.argv[2], 'w'))"
         )
         proc, wall, peak = measure([sys.executable, "-c", code, str(spec_path), str(out_path)])
         if proc.returncode != 0 or not out_path.exists():

@@ -72,16 +72,6 @@ def environment(
     }
 
 
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """This process's peak resident memory (and peak GPU allocation on CUDA), in MiB."""
-    import resource
-
-    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
-    if device.type == "cuda":
-        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"

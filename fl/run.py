@@ -13,6 +13,7 @@ from typing import Any
 from fl import comm
 from fl.checkpoint import find_resume_point
 from fl.config import Config, ConfigError
+from fl.memory import trim_heap
 from fl.rundir import check_output_dir, clear_run_outputs
 from fl.server import Federation
 from fl.setup import Setup, prepare, restore
@@ -39,6 +40,7 @@ def run(cfg: Config) -> dict[str, Any] | None:
     try:
         t0 = time.perf_counter()
         s, first_round, records = set_up(cfg, rt)
+        trim_heap()  # what loading and tokenizing freed
         s.timings = {"imports_s": imports_s, "process_group_s": t0 - start, **s.timings,
                      "setup_s": time.perf_counter() - t0}  # fmt: skip
         fed = Federation(cfg, s, first_round, records)

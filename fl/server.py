@@ -22,8 +22,9 @@ from typing import Any
 from fl import comm, models
 from fl.checkpoint import save_checkpoint
 from fl.config import Config
+from fl.memory import peak_memory, trim_heap
 from fl.message import Message
-from fl.report import Reporter, begin_run, peak_memory
+from fl.report import Reporter, begin_run
 from fl.rundir import save_pretrained_atomic
 from fl.setup import Setup
 from fl.strategies import RoundPlan, round_stats
@@ -108,6 +109,7 @@ class Federation:
         upload = Uplink(self.strategy, template, plan)
         for u in self.s.runner.train(plan, self.global_state, self.reporter.step):
             upload.add(u.client, self.strategy.client_message(template, u, plan))
+            trim_heap()  # the client's activations are freed: their pages go back before the next one
         return upload, time.perf_counter() - t0
 
     def collect(self, upload: Uplink) -> tuple[Message, dict[int, Message] | None, dict[str, float]]:
@@ -153,6 +155,7 @@ class Federation:
             sums = self.task.eval_sums(s.model, s.test, self.cfg.eval_batch_size, self.rt.device)
         else:
             sums = self.task.eval_template(self.rt.device)
+        trim_heap()
         score_s = time.perf_counter() - t_eval
         extra = self.strategy.evaluate()  # e.g. the KD teacher's metrics, on rank 0
         mine = {"train_s": train_s, "score_s": score_s, "examples": float(self.s.runner.trained)}

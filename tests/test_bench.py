@@ -40,6 +40,9 @@ def test_overhead_quick(tmp_path, tiny_model_dir):
     for v in runs.values():
         assert v["ratio"] > 0 and v["plain_variant"] == "2 worker processes x 1 thread"
         assert len(v["plain"]) == 1 and len(v["fl"]) == 2  # 1 round (+ fl's round 0)
+        assert v["plain_wall_s"] > 0 and v["fl_wall_s"] > 0  # start-up and memory beside the rounds
+        assert v["plain_peak_tree_pss_bytes"] > 0 and v["fl_peak_tree_pss_bytes"] > 0
+        assert all(t["setup_s"] > 0 for t in v["fl_startup_per_rank"])
     assert "python -m bench.overhead --quick" in path.read_text()
 
 

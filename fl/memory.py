@@ -1,0 +1,47 @@
+"""A process's memory: its peak, and handing freed heap back to the system between phases.
+
+Why trimming: glibc's malloc raises its mmap threshold each time a large block is freed, so after
+the first few batches every activation (1-6 MB for MiniLM at batch 16) lives on the brk heap. Freed
+there, the pages stay mapped: the client ranks of `bench.peer`'s workload held ~640 MB of heap each
+by round 2, most of it free. `malloc_trim(0)` returns every free page (not only the top of the heap)
+in a few milliseconds; the next phase faults them back in as it needs them. Forcing a fixed small
+threshold instead (MALLOC_MMAP_THRESHOLD_=131072) cut memory as far but made each round 1.5x slower
+(every activation a fresh mmap, zeroed). Measurements: bench/reports/startup.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import resource
+
+import torch
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, where this process runs on it (None elsewhere: musl, macOS, Windows)."""
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name or "libc.so.6")
+        return lib if hasattr(lib, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the system (glibc); False where there is no malloc_trim."""
+    lib = _libc()
+    if lib is None:
+        return False
+    lib.malloc_trim(0)
+    return True
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory (and peak GPU allocation on CUDA), in MiB."""
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out

@@ -1,0 +1,41 @@
+"""fl.memory: freed heap pages go back to the system; peak memory is reported."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+import pytest
+import torch
+
+from fl.memory import _libc, peak_memory, trim_heap
+
+
+def anon_mib() -> float:
+    """This process's private anonymous memory (Linux: smaps_rollup)."""
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("Pss_Anon:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no Pss_Anon line")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or _libc() is None, reason="glibc only")
+def test_trim_heap_returns_freed_pages_below_the_top_of_the_heap():
+    libc = _libc()
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(100_000) for _ in range(400)]  # 40 MB of heap blocks (below the mmap threshold)
+    for b in blocks:
+        ctypes.memset(b, 1, 100_000)  # touched: resident
+    for b in blocks[:-1]:  # the last block pins the top, so free() alone cannot shrink the heap
+        libc.free(b)
+    before = anon_mib()
+    assert trim_heap() is True
+    after = anon_mib()
+    libc.free(blocks[-1])
+    assert before - after > 25, (before, after)
+
+
+def test_peak_memory_names_rss_and_gpu_only_on_cuda():
+    got = peak_memory(torch.device("cpu"))
+    assert set(got) == {"peak_rss_mib"} and got["peak_rss_mib"] > 10
