@@ -1,6 +1,7 @@
 """Each benchmark's --quick mode runs end to end and writes its report (numbers are never asserted)."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,15 @@ def test_client_ranks_quick(tmp_path, tiny_model_dir):
     doc = json.loads(path.with_suffix(".json").read_text())
     assert doc["fedlora-k2"]["examples_per_rank"]["1"] == doc["fedlora-k2"]["examples_per_rank"]["2"]
     assert doc["fedavg-allreduce_s"] > 0
+
+
+def test_tree_memory_names_each_process_and_finds_the_peak(capsys):
+    from bench import tree_memory
+
+    child = 'import time; x = b"x" * 60_000_000; time.sleep(1.5)'
+    doc = tree_memory.main(["--", sys.executable, "-c", child])
+    t, row = tree_memory.at_peak(doc)
+    assert doc["returncode"] == 0 and len(row) == 1
+    ((name, kinds),) = row.items()
+    assert name.startswith("launcher ") and kinds["Pss_Anon"] > 50_000_000  # the 60 MB buffer, touched
+    assert "tree peak" in capsys.readouterr().out
