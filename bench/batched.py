@@ -44,7 +44,8 @@ def one(way: str, k: int, args: argparse.Namespace) -> dict[str, Any]:
     from fl.recipe import load_config
     from fl.setup import prepare
 
-    over = ["precision=fp32", f"model={args.model}", f"num_clients={k}", f"max_train_samples={k * args.rows}",
+    over = ["precision=fp32", "group_by_length=false", f"model={args.model}", f"num_clients={k}",
+            f"max_train_samples={k * args.rows}",
             "teacher_data_pct=0",
             "max_eval_samples=8", "lora_dropout=0", f"batch_size={args.batch_size}", f"device={args.device}",
             f"parallel_clients={k if way == 'batched' else 1}", "aggregation_error=false"]  # fmt: skip

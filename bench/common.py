@@ -109,9 +109,11 @@ def measure(cmd: list[str], interval_s: float = 0.25) -> tuple[subprocess.Comple
 
 
 def as_measured(recipe: str, overrides: list[str]) -> list[str]:
-    """The benchmarks' reports train in fp32: fedlora.yaml's quick start trains in bf16 since 2026-12-02
+    """The benchmarks' reports train in fp32 with the plain shuffle, as they were measured: fedlora.yaml's
+    quick start moved to bf16 on 2026-12-02, then to precision=auto and group_by_length on 2026-12-03
     (what a benchmark or its caller sets later wins)."""
-    return ["precision=fp32", *overrides] if recipe == "fedlora.yaml" else list(overrides)
+    fixed = ["precision=fp32", "group_by_length=false"]
+    return [*fixed, *overrides] if recipe == "fedlora.yaml" else list(overrides)
 
 
 def torchrun_command(recipe: str, overrides: list[str], nproc: int) -> list[str]:

@@ -6,7 +6,9 @@
 The jobs (issue 19's acceptance list, and a few more) use small data so that the whole set takes
 about 4 minutes on 2 cores. `--code DIR` runs the jobs with DIR first on PYTHONPATH (e.g. a
 worktree of an older commit). Every job trains in fp32 (`precision=fp32`: the references of
-2026-12-02 were computed at 8d29dca, before the quick start moved to bf16).
+2026-12-02 were computed at 8d29dca, before the quick start moved to bf16) and in the plain shuffle
+(`group_by_length=false`, passed only to code that knows the key: the quick start groups by length
+since 2026-12-03).
 """
 
 from __future__ import annotations
@@ -100,6 +102,12 @@ def jobs(out: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
+def plain_order(code: Path, cmd: list[str]) -> list[str]:
+    """`group_by_length=false` for a job of `fl run` with code that has the key (older code shuffles plainly)."""
+    knows = "group_by_length" in (code / "fl" / "config.py").read_text()
+    return ["group_by_length=false"] if knows and "run" in cmd else []
+
+
 def results_file(out: Path, name: str) -> Path:
     return {
         "pretrain-teacher": out / "teacher-rotten_tomatoes-seed21" / "teacher_metrics.json",
@@ -131,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
     for name, cmd in jobs(out):
         if args.only and name not in args.only and name != "pretrain-teacher":
             continue
-        named = [*cmd, f"output_dir={out}"]
+        named = [*cmd, f"output_dir={out}", *plain_order(cwd, cmd)]
         if name not in ("fedavg", "pretrain-teacher", "fedkdlora-server", "fedkdlora-clients-torchrun"):
             named.append(f"run_name={name}")
         t0 = time.perf_counter()

@@ -32,7 +32,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 SCHEDULERS = ("constant", "linear", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 LORA_MODES = ("fedit", "ffa", "fedex", "flex")
 BIG = 1_000_000_000  # upper bound of counts that only need to be "large"
 
@@ -130,6 +130,8 @@ class Config(CrossKeyRules):
     lora_r: int = _f(8, "LoRA rank", lo=1, hi=4096)
     lora_alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / r)", lo=0, hi=1e6, open_lo=True)
     lora_dropout: float = _f(0.05, "dropout on the LoRA branch", lo=0, hi=1, open_hi=True)
+    model_dropout: float | None = _f(None, "every dropout rate of the base model (hidden, attention, head); unset: "
+                                     "the checkpoint's (MiniLM-L6: 0.1)", lo=0, hi=1, open_hi=True)  # fmt: skip
     lora_aggregation: str = _f(
         "fedit",
         "fedit: mean of A and of B; ffa: A frozen, only B travels (Sun et al. 2024); fedex: the residual "
@@ -181,6 +183,8 @@ class Config(CrossKeyRules):
         hi=BIG,
     )
     batch_size: int = _f(16, "training batch size", lo=1, hi=1_000_000)
+    group_by_length: bool = _f(False, "training batches of rows of similar length (shuffled, sorted within windows "
+                               "of 50 batches, batches shuffled): less padding; false: a plain shuffle")  # fmt: skip
     eval_batch_size: int = _f(128, "evaluation batch size", lo=1, hi=1_000_000)
     lr: float = _f(2e-3, "AdamW learning rate on the clients", lo=0, hi=10, open_lo=True)
     head_lr: float | None = _f(None, "learning rate of the classification head; unset: lr", lo=0, hi=10, open_lo=True)
@@ -325,7 +329,12 @@ class Config(CrossKeyRules):
         "true: that relay on any backend; false: never",
         ("auto", "true", "false"),
     )
-    precision: str = _f("fp32", "local training: fp32, or autocast to bf16 / fp16 (fp16 with a GradScaler)", PRECISIONS)
+    precision: str = _f(
+        "fp32",
+        "local training: fp32, or autocast to bf16 / fp16 (fp16 with a GradScaler); auto: bf16 where the device "
+        "computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32",
+        PRECISIONS,
+    )
     num_threads: int | None = _f(None, "torch CPU threads per process; unset: cores / busy ranks", lo=1, hi=1024)
     log_to: str = _f(
         "none",

@@ -113,6 +113,7 @@ class ModelSpec:
     eager_attention: bool  # attention maps for KD
     seed: int
     lora: LoraSpec | None
+    dropout: float | None = None  # model_dropout: every dropout rate of the base model (None: the checkpoint's)
 
     @classmethod
     def from_config(cls, cfg: Config, lora: bool, freeze_a: bool = False) -> ModelSpec:
@@ -121,7 +122,24 @@ class ModelSpec:
             cfg.lora_modules_to_save,
         )  # fmt: skip
         source = (cfg.teacher_ckpt or "") if cfg.student_layers else cfg.model
-        return cls(source, cfg.student_layers, cfg.kd_attention_weight > 0, cfg.seed, spec if lora else None)
+        return cls(source, cfg.student_layers, cfg.kd_attention_weight > 0, cfg.seed, spec if lora else None,
+                   cfg.model_dropout)  # fmt: skip
+
+
+def set_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Every dropout rate of a (not yet LoRA-wrapped) model at `p`: its `nn.Dropout` modules, the float
+    rates attention modules keep for their kernels (e.g. Llama's `attention_dropout`), and the config's,
+    so that a saved model says what it trained with. LoRA's own dropout (`lora_dropout`) comes later."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, p)
+    for name, value in list(vars(model.config).items()):
+        if "dropout" in name and isinstance(value, float):
+            setattr(model.config, name, p)
+    return model
 
 
 def lora_targets(override: str | None) -> list[str] | str | None:

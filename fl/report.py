@@ -216,8 +216,11 @@ def begin_run(reporter: Reporter, cfg: Any, s: Any, payload: int, first_round: i
     """The per-client table, the layout and a summary line; results.json begins (rank 0). `s` is the
     run's set-up (`fl.setup.Setup`), `payload` the bytes of one packed global state."""
     from fl.models import count_parameters
+    from fl.train import resolve_precision
 
     rt = s.rt
+    precision = resolve_precision(cfg.precision, rt.device)
+    how = f"{precision} (precision=auto on {rt.device})" if cfg.precision == "auto" else precision
     reporter.partition_table(s.shards, s.task.partition_labels(range(len(s.task.train))), s.public_size)
     for line in rt.layout_lines if rt.is_main else []:
         reporter.log(f"layout: {line}")
@@ -225,12 +228,13 @@ def begin_run(reporter: Reporter, cfg: Any, s: Any, payload: int, first_round: i
     reporter.log(
         f"{cfg.scheme} on {cfg.task}: {len(s.task.train)} train ({s.public_size} public), {len(s.task.test)} test; "
         f"model {s.model_path} ({trainable:,} of {total:,} parameters train, {payload:,} bytes travel); "
-        f"{rt.world_size} process(es), device {rt.device}"
+        f"{rt.world_size} process(es), device {rt.device}, {how}"
     )
     if s.resumed_from:
         reporter.log(f"resuming at round {first_round} from {s.resumed_from}")
     env = environment(rt.backend, rt.world_size, rt.device, rt.num_threads, rt.layout)
     env["client_groups"] = s.placement.client_groups() if rt.distributed else None
+    env["precision_rank0"] = precision  # what rank 0 computes in (precision=auto resolves per device)
     reporter.begin(cfg.to_dict(), env, {
         "model_path": s.model_path,
         "trainable_parameters": trainable,

@@ -36,7 +36,7 @@ class LocalSchedule:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     head_lr: float | None = None  # the task head's own learning rate (None: lr)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler) | auto
     max_steps: int | None = None  # a cap on the optimizer steps of one client round (FlowerTune's max_steps)
 
     @classmethod
@@ -69,7 +69,30 @@ def param_groups(model: nn.Module, lr: float, head_lr: float | None, is_head: Ca
     return [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 in hardware: CUDA with bf16, or a CPU with AVX512-BF16 or AMX.
+
+    Elsewhere bf16 autocast runs emulated CPU kernels: 27x slower than fp32 for MiniLM-L6's training
+    steps, measured on an AVX2-only AMD EPYC (2 cores).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, since torch 2.3
+        return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`precision=auto` made concrete for a device: bf16 where it is native, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for a precision (fp32: none); `auto` resolves per device (`resolve_precision`)."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -186,3 +186,15 @@ def test_tree_memory_names_each_process_and_finds_the_peak(capsys):
     ((name, kinds),) = row.items()
     assert name.startswith("launcher ") and kinds["Pss_Anon"] > 50_000_000  # the 60 MB buffer, touched
     assert "tree peak" in capsys.readouterr().out
+
+
+def test_steps_quick(tmp_path, tiny_model_dir):
+    from bench import steps
+
+    path = steps.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    doc = json.loads(path.with_suffix(".json").read_text())
+    first = [(r["precision"], r["batches"]) for r in doc["results"]][:2]
+    assert first == [("fp32", "shuffled"), ("fp32", "grouped by length")]
+    assert all(r["rows"] == 32 and r["ms_per_row"] > 0 for r in doc["results"])
+    assert doc["results"][1]["mean_padded_width"] <= doc["results"][0]["mean_padded_width"]
+    assert doc["auto_precision"] in ("fp32", "bf16") and "python -m bench.steps" in path.read_text()

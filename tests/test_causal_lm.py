@@ -143,3 +143,10 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama_dir
         grads.append((loss.item(), model.model.layers[0].mlp.up_proj.weight.grad.clone()))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_model_dropout_reaches_the_attention_kernels_rate(tiny_llama_dir, tiny_sft):
+    task, _ = task_of(tiny_llama_dir, tiny_sft, max_new_tokens=3)
+    model, _, _ = task.build_model(models.ModelSpec(str(tiny_llama_dir), None, False, 0, None, dropout=0.25))
+    rates = {m.attention_dropout for m in model.modules() if hasattr(m, "attention_dropout")}
+    assert rates == {0.25} and model.config.attention_dropout == 0.25

@@ -121,3 +121,10 @@ def test_qlora_trains_a_4bit_causal_lm(tmp_path, tiny_llama_dir, tiny_sft):
     doc = run(load_config(RECIPE, over))
     assert doc["rounds"][1]["test_loss"] < doc["rounds"][0]["test_loss"] + 1.0
     assert (tmp_path / "q" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_precision_auto_on_the_gpu_follows_its_bf16_support():
+    from fl.train import resolve_precision
+
+    expect = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    assert resolve_precision("auto", torch.device("cuda:0")) == expect

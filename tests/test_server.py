@@ -172,3 +172,16 @@ def test_fedavg_moves_every_weight_and_saves_model(tmp_path, tiny_overrides, tin
 
     reloaded = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
     assert sum(p.numel() for p in reloaded.parameters()) == doc["total_parameters"]
+
+
+def test_grouped_batches_and_auto_precision_run_and_are_recorded(tmp_path, tiny_overrides):
+    over = [o for o in tiny_overrides if not o.startswith(("rounds", "batch_size"))] + ["rounds=1", "batch_size=2"]
+    plain = run(load_config(RECIPE, [*over, "run_name=plain", "group_by_length=false"]))
+    grouped = run(load_config(RECIPE, [*over, "run_name=grouped", "group_by_length=true", "precision=auto"]))
+    from fl.train import resolve_precision
+
+    assert grouped["env"]["precision_rank0"] == resolve_precision("auto", torch.device("cpu"))
+    assert plain["env"]["precision_rank0"] == "fp32" and grouped["config"]["group_by_length"] is True
+    # the same rows train, in another order: the same examples seen, a different model
+    assert grouped["rounds"][1]["examples_trained"] == plain["rounds"][1]["examples_trained"]
+    assert grouped["rounds"][1]["train_loss"] != plain["rounds"][1]["train_loss"]

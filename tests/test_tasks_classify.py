@@ -62,3 +62,18 @@ def test_lora_targets_are_peft_defaults_unless_named(tiny_model_dir, task_and_mo
     spec = models.ModelSpec.from_config(Config(model=str(tiny_model_dir), lora_target_modules="key"), lora=True)
     model, _, _ = task.build_model(spec)
     assert {n.split(".")[-4] for n, _ in model.named_parameters() if "lora_A" in n} == {"key"}
+
+
+def test_model_dropout_sets_every_base_rate_and_leaves_lora_its_own(tiny_model_dir, task_and_model):
+    task, _, tok = task_and_model
+    lora = models.LoraSpec(r=2, alpha=4, dropout=0.3, targets=None, seed=0)
+    model, _, _ = task.build_model(models.ModelSpec(str(tiny_model_dir), None, False, 0, lora, dropout=0.0))
+    rates = {n: m.p for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert {p for n, p in rates.items() if "lora_dropout" in n} == {0.3}
+    assert {p for n, p in rates.items() if "lora_dropout" not in n} == {0.0}
+    assert model.base_model.model.config.hidden_dropout_prob == 0.0
+    assert model.base_model.model.config.attention_probs_dropout_prob == 0.0
+    plain, _, _ = task.build_model(models.ModelSpec(str(tiny_model_dir), None, False, 0, None, dropout=0.0))
+    plain.train()  # no dropout anywhere: two forward passes in training mode agree
+    batch = tok(["good movie", "bad plot here"], return_tensors="pt", padding=True)
+    torch.testing.assert_close(plain(**batch).logits, plain(**batch).logits, rtol=0, atol=0)

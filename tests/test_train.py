@@ -83,3 +83,17 @@ def test_max_steps_caps_a_client_round():
     res = train_local(model, LineTask(), rows(8), LocalSchedule(0.1, 3, 2, max_steps=5), seed=1,
                       device=torch.device("cpu"))  # fmt: skip
     assert res.steps == 5 and res.examples_seen == 10 and LocalSchedule(0.1, 3, 2).steps_for(8) == 12
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    from fl import train
+
+    cpu = torch.device("cpu")
+    for value in ("fp32", "bf16", "fp16"):
+        assert train.resolve_precision(value, cpu) == value
+    for avx512_bf16, amx, expect in ((False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert train.resolve_precision("auto", cpu) == expect
+        with train.autocast(cpu, "auto"):
+            assert torch.is_autocast_enabled("cpu") == (expect == "bf16")

@@ -71,6 +71,7 @@ class CausalLMTask:
     gradient_checkpointing: bool
     load_in_4bit: bool
     precision: str = "fp32"  # evaluation and KD targets autocast like local training (bf16 is ~2.5x on CPUs with AMX)
+    group_by_length: bool = False  # training batches of rows of similar length (fl.tasks.order)
 
     @classmethod
     def from_config(cls, cfg: Config) -> CausalLMTask:
@@ -85,7 +86,8 @@ class CausalLMTask:
             longest = max((len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers), default=99)
             new = longest + 8 if longest <= 24 else 0
         return cls(data, tokenizer, cfg.max_length, cfg.train_on_prompt, cfg.long_prompts, new, cfg.kd_top_k,
-                   cfg.kd_temperature, cfg.gradient_checkpointing, cfg.load_in_4bit, cfg.precision)  # fmt: skip
+                   cfg.kd_temperature, cfg.gradient_checkpointing, cfg.load_in_4bit, cfg.precision,
+                   cfg.group_by_length)  # fmt: skip
 
     name = property(lambda self: self.data.name)
     train = property(lambda self: self.data.train)
@@ -117,6 +119,8 @@ class CausalLMTask:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         if spec.keep_layers:
             model = models.keep_layers(model, spec.keep_layers)
+        if spec.dropout is not None:
+            model = models.set_dropout(model, spec.dropout)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -148,7 +152,7 @@ class CausalLMTask:
 
     # ---- training -------------------------------------------------------------------------------
     def train_batches(self, data: LMEncoded, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-        return lm_encode.train_batches(data, batch_size, seed)
+        return lm_encode.train_batches(data, batch_size, seed, self.group_by_length)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         labels = batch.pop("labels")

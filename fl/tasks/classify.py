@@ -3,7 +3,8 @@ accuracy / MCC / F1 from a confusion matrix.
 
 Rows come from `fl.data` (every source through `datasets`). Tokenization runs through
 `Dataset.map`, whose cache serves a second run of the same data and tokenizer without tokenizing
-again; padding happens per batch, to the batch's longest row. Evaluation sums, per shard of the
+again; padding happens per batch, to the batch's longest row (`group_by_length` puts rows of similar
+length together: `fl.tasks.order`). Evaluation sums, per shard of the
 test rows, the cross-entropy and the confusion matrix [K, K]: summed over shards (one reduce)
 they give the metrics of the whole test set exactly.
 """
@@ -24,6 +25,7 @@ from fl.data import LabelledData, TextDataset, load_labelled
 from fl.kd.losses import kl_divergence
 from fl.message import Message
 from fl.metrics import classification_metrics, confusion_matrix
+from fl.tasks.order import epoch_batches
 
 HEAD_MARKERS = ("classifier", "score.", "modules_to_save")  # parameter names of a classification head
 State = dict[str, torch.Tensor]
@@ -75,11 +77,12 @@ def collate(enc: Encoded, rows: Sequence[int]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def train_batches(enc: Encoded, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch in a seeded random order."""
-    order = torch.randperm(len(enc), generator=torch.Generator().manual_seed(seed)).tolist()
-    for start in range(0, len(order), batch_size):
-        yield collate(enc, order[start : start + batch_size])
+def train_batches(
+    enc: Encoded, batch_size: int, seed: int, group_by_length: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch in a seeded random order (`fl.tasks.order`)."""
+    for rows in epoch_batches([len(x) for x in enc.input_ids], batch_size, seed, group_by_length):
+        yield collate(enc, rows)
 
 
 def eval_batches(enc: Encoded, batch_size: int) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
@@ -125,10 +128,11 @@ class ClassifyTask:
 
     data: LabelledData
     max_length: int
+    group_by_length: bool = False  # training batches of rows of similar length (fl.tasks.order)
 
     @classmethod
     def from_config(cls, cfg: Config) -> ClassifyTask:
-        return cls(load_labelled(cfg), cfg.max_length)
+        return cls(load_labelled(cfg), cfg.max_length, cfg.group_by_length)
 
     @classmethod
     def for_rows(cls, train: TextDataset, test: TextDataset, max_length: int, name: str = "rows") -> ClassifyTask:
@@ -165,6 +169,8 @@ class ClassifyTask:
         model = load_classifier(path, self.num_labels, spec.seed, spec.eager_attention)
         if spec.keep_layers:
             model = models.keep_layers(model, spec.keep_layers)
+        if spec.dropout is not None:
+            model = models.set_dropout(model, spec.dropout)
         tokenizer = models.load_tokenizer(path)
         if spec.lora is not None:
             model = models.wrap_lora(model, spec.lora, "SEQ_CLS")
@@ -196,7 +202,7 @@ class ClassifyTask:
 
     # ---- training -------------------------------------------------------------------------------
     def train_batches(self, data: Encoded, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-        return train_batches(data, batch_size, seed)
+        return train_batches(data, batch_size, seed, self.group_by_length)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         labels = batch.pop("labels")

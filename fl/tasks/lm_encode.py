@@ -17,6 +17,7 @@ import torch
 
 from fl.config import ConfigError
 from fl.tasks.lm_data import PLAIN_MULTI, PLAIN_TURNS, LMRows
+from fl.tasks.order import epoch_batches
 
 IGNORE = -100  # label of a position the loss does not count
 
@@ -156,11 +157,12 @@ def collate_prompts(enc: LMEncoded, rows: Sequence[int]) -> dict[str, torch.Tens
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def train_batches(enc: LMEncoded, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch in a seeded random order."""
-    order = torch.randperm(len(enc), generator=torch.Generator().manual_seed(seed)).tolist()
-    for start in range(0, len(order), batch_size):
-        yield collate(enc, order[start : start + batch_size])
+def train_batches(
+    enc: LMEncoded, batch_size: int, seed: int, group_by_length: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch in a seeded random order (`fl.tasks.order`)."""
+    for rows in epoch_batches([len(x) for x in enc.input_ids], batch_size, seed, group_by_length):
+        yield collate(enc, rows)
 
 
 def by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
