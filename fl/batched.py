@@ -196,6 +196,7 @@ def train_together(
     `runner` gives the model, task, shards and schedule (`fl.client.BatchedRunner`)."""
     from transformers import get_scheduler
 
+    from fl.memory import trim_after_step
     from fl.strategies.base import TrainResult
     from fl.train import autocast
 
@@ -239,6 +240,7 @@ def train_together(
             s["steps"] += 1
         if on_step is not None:
             on_step(sum(rows))
+        trim_after_step(max(s["steps"] for s in stats), device)  # fl.memory: the heap's growth over steps
     return [TrainResult(len(d), s["loss"], s["seen"], s["steps"], s["lr_sum"], s["lr"])
             for d, s in zip(datas, stats, strict=True)]  # fmt: skip
 

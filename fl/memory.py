@@ -7,6 +7,13 @@ by round 2, most of it free. `malloc_trim(0)` returns every free page (not only 
 in a few milliseconds; the next phase faults them back in as it needs them. Forcing a fixed small
 threshold instead (MALLOC_MMAP_THRESHOLD_=131072) cut memory as far but made each round 1.5x slower
 (every activation a fresh mmap, zeroed). Measurements: bench/reports/startup.md.
+
+Why during training too: a training step's activations vary in size with the batch's width, so the
+freed blocks of one step fit the next step's only in part and the heap's resident pages grow over a
+client's steps (the client ranks of `bench.peer` went from ~540 to ~840 MiB within a round). Trimming
+every `TRIM_EVERY_STEPS` optimizer steps on the CPU bounds that growth: -250 MiB of tree peak at
+the same round time; every step: -440 MiB but rounds ~15% slower (bench/reports/startup.md, section 7).
+On a GPU the activations are not on the CPU heap, so nothing is trimmed there.
 """
 
 from __future__ import annotations
@@ -37,6 +44,16 @@ def trim_heap() -> bool:
         return False
     lib.malloc_trim(0)
     return True
+
+
+TRIM_EVERY_STEPS = 4  # optimizer steps between trims during local training on the CPU
+
+
+def trim_after_step(step: int, device: torch.device) -> bool:
+    """Trim the heap after every `TRIM_EVERY_STEPS`-th training step (1-based) on the CPU; True if it did."""
+    if device.type != "cpu" or step % TRIM_EVERY_STEPS:
+        return False
+    return trim_heap()
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

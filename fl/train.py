@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fl.config import Config
+from fl.memory import trim_after_step
 from fl.strategies.base import ClientTerm, TrainResult
 
 
@@ -146,8 +147,7 @@ def train_local(
     ranks (`shard` = (this rank's place, the client's ranks)) runs the task's loss through `wrapped`
     (DistributedDataParallel over the client's group) on its slice of each batch; `loss_sum` then
     holds this rank's share of the batch losses and `examples_seen` its own rows (summed over the
-    group they are the client's).
-    """
+    group they are the client's). On the CPU the heap is trimmed every few steps (`fl.memory`)."""
     torch.manual_seed(seed)  # dropout masks
     total = schedule.steps_for(len(data))
     opt, sched, scaler = optimizer(model, task, schedule, total, device)
@@ -184,4 +184,5 @@ def train_local(
             steps += 1
             if on_step is not None:
                 on_step(n)
+            trim_after_step(steps, device)  # bounds the heap's growth over varying batch widths
     return TrainResult(len(data), loss_sum, seen, steps, lr_sum, lr)

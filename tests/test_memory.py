@@ -39,3 +39,15 @@ def test_trim_heap_returns_freed_pages_below_the_top_of_the_heap():
 def test_peak_memory_names_rss_and_gpu_only_on_cuda():
     got = peak_memory(torch.device("cpu"))
     assert set(got) == {"peak_rss_mib"} and got["peak_rss_mib"] > 10
+
+
+def test_trim_after_step_only_every_few_steps_and_only_on_the_cpu(monkeypatch):
+    import fl.memory
+
+    calls: list[int] = []
+    monkeypatch.setattr(fl.memory, "trim_heap", lambda: calls.append(1) or True)
+    n = fl.memory.TRIM_EVERY_STEPS
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a device object only: nothing runs on it
+    assert [fl.memory.trim_after_step(s, cpu) for s in range(1, 2 * n + 1)] == ([False] * (n - 1) + [True]) * 2
+    assert fl.memory.trim_after_step(n, gpu) is False
+    assert len(calls) == 2

@@ -97,3 +97,14 @@ def test_precision_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
         assert train.resolve_precision("auto", cpu) == expect
         with train.autocast(cpu, "auto"):
             assert torch.is_autocast_enabled("cpu") == (expect == "bf16")
+
+
+def test_the_heap_is_trimmed_every_few_steps_on_the_cpu(monkeypatch):
+    import fl.memory
+
+    trims: list[int] = []
+    monkeypatch.setattr(fl.memory, "trim_heap", lambda: trims.append(1) or True)
+    steps = 2 * fl.memory.TRIM_EVERY_STEPS + 1
+    res = train_local(nn.Linear(3, 1), LineTask(), rows(steps), LocalSchedule(0.1, 1, 1), seed=1,
+                      device=torch.device("cpu"))  # fmt: skip
+    assert res.steps == steps and len(trims) == 2
