@@ -189,6 +189,16 @@ def wrap_lora(model: nn.Module, spec: LoraSpec, task_type: str) -> nn.Module:
     return model
 
 
+class ServerModel:
+    """Rank 0's stand-in for a LoRA model it neither trains nor scores (a torchrun job's aggregator):
+    the trainable state by name and the parameter counts, as rank 1 built them. The base weights,
+    transformers' modeling code and peft stay off rank 0 until the final export builds the model.
+    `get_trainable_state`, `set_trainable_state` and `count_parameters` take it like a model."""
+
+    def __init__(self, state: dict[str, torch.Tensor], trainable: int, total: int):
+        self.state, self.counts = state, (trainable, total)
+
+
 def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
@@ -198,6 +208,8 @@ def get_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
     For a peft model: peft's adapter state dict (LoRA A/B and the head), less any frozen tensor.
     """
+    if isinstance(model, ServerModel):
+        return model.state
     if not is_peft(model):
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
     from peft import get_peft_model_state_dict
@@ -208,6 +220,8 @@ def get_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The trainable parameters keyed like `get_trainable_state` (peft renames adapter keys)."""
+    if isinstance(model, ServerModel):
+        return model.state  # type: ignore[return-value]
     if not is_peft(model):
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
     by_ptr = {p.data_ptr(): p for p in model.parameters() if p.requires_grad}
@@ -221,6 +235,10 @@ def set_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
     if set(state) != set(params):
         extra, missing = sorted(set(state) - set(params)), sorted(set(params) - set(state))
         raise ValueError(f"trainable state keys differ: unexpected {extra[:3]}, missing {missing[:3]}")
+    if wrong := [
+        f"{k} {tuple(v.shape)} vs {tuple(params[k].shape)}" for k, v in state.items() if v.shape != params[k].shape
+    ]:
+        raise ValueError(f"trainable state shapes differ: {wrong[:3]}")
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
@@ -230,7 +248,7 @@ def set_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
         return
     with torch.no_grad():
         for name, param in params.items():
-            param.copy_(state[name])
+            param.copy_(state[name])  # onto the parameter's (or the ServerModel tensor's) own device
 
 
 def set_base_weights(model: nn.Module, base: dict[str, torch.Tensor]) -> None:
@@ -286,6 +304,8 @@ def snapshot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
+    if isinstance(model, ServerModel):
+        return model.counts
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total

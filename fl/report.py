@@ -51,15 +51,15 @@ def cpu_model() -> str:
 def environment(
     backend: str | None, world_size: int, device: torch.device, threads: int, layout: Any = None
 ) -> dict[str, Any]:
-    """Versions and hardware, so every figure says where it was measured."""
-    import peft
-    import transformers
+    """Versions and hardware, so every figure says where it was measured (versions from the installed
+    packages' metadata: importing peft would load transformers' modeling code into a model-free rank 0)."""
+    from importlib.metadata import version
 
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if device.type == "cuda" else []
     return {
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
+        "transformers": version("transformers"),
+        "peft": version("peft"),
         "python": platform.python_version(),
         "backend": backend or "none (simulation)",
         "world_size": world_size,
@@ -215,7 +215,7 @@ class Reporter:
 def begin_run(reporter: Reporter, cfg: Any, s: Any, payload: int, first_round: int) -> None:
     """The per-client table, the layout and a summary line; results.json begins (rank 0). `s` is the
     run's set-up (`fl.setup.Setup`), `payload` the bytes of one packed global state."""
-    from fl.models import count_parameters
+    from fl.models import ServerModel, count_parameters
     from fl.train import resolve_precision
 
     rt = s.rt
@@ -235,6 +235,7 @@ def begin_run(reporter: Reporter, cfg: Any, s: Any, payload: int, first_round: i
     env = environment(rt.backend, rt.world_size, rt.device, rt.num_threads, rt.layout)
     env["client_groups"] = s.placement.client_groups() if rt.distributed else None
     env["precision_rank0"] = precision  # what rank 0 computes in (precision=auto resolves per device)
+    env["rank0_model"] = "trainable state only" if isinstance(s.model, ServerModel) else "model"  # fl.setup
     reporter.begin(cfg.to_dict(), env, {
         "model_path": s.model_path,
         "trainable_parameters": trainable,

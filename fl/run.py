@@ -16,7 +16,7 @@ from fl.config import Config, ConfigError
 from fl.memory import trim_heap
 from fl.rundir import check_output_dir, clear_run_outputs
 from fl.server import Federation
-from fl.setup import Setup, prepare, restore
+from fl.setup import Setup, prepare, restore, share_server_model
 from fl.tracking import check_available
 
 
@@ -97,25 +97,35 @@ def stopped(cfg: Config, fed: Federation, err: BaseException, start: float) -> R
 def set_up(cfg: Config, rt: comm.Runtime) -> tuple[Setup, int, list[dict]]:
     """Build every rank's part; rank 0 restores a checkpoint and checks the run folder. Every rank
     learns whether all succeeded: a set-up error stops the whole job with rank 0's one line."""
-    error: ConfigError | None = None
     first_round, records = 1, []
-    s = None
+    s, error = None, None
     try:
         s = prepare(cfg, rt)
+    except ConfigError as err:
+        error = err
+    agree(rt, error)
+    share_server_model(cfg, s)  # type: ignore[arg-type]  # a model-free rank 0 learns the model from rank 1
+    try:
         if rt.is_main:  # every check that reads comes before the first write (the run folder)
-            first_round, records = restore(cfg, s, find_resume_point(cfg))
+            first_round, records = restore(cfg, s, find_resume_point(cfg))  # type: ignore[arg-type]
             check_available(cfg.log_to)
             check_output_dir(cfg.run_dir, resume=cfg.resume != "false", overwrite=cfg.overwrite)
-            if cfg.overwrite and s.resumed_from is None:
+            if cfg.overwrite and s.resumed_from is None:  # type: ignore[union-attr]
                 clear_run_outputs(cfg.run_dir)
     except ConfigError as err:
         error = err
-    if not comm.all_ok(rt, error is None):  # every rank stops together, none waits forever
-        # one line for the job, printed by rank 0: its own error, else the first failing rank's
-        messages = comm.gather_object(rt, str(error) if error else None)
-        if rt.is_main:
-            raise error or ConfigError(next(m for m in messages if m))  # type: ignore[union-attr]
-        raise ConfigError(str(error), quiet=True)
+    agree(rt, error)
     first_round = int(comm.broadcast_object(rt, first_round))  # type: ignore[arg-type]
     s.resumed_from = comm.broadcast_object(rt, s.resumed_from)  # type: ignore[union-attr]
     return s, first_round, records  # type: ignore[return-value]
+
+
+def agree(rt: comm.Runtime, error: ConfigError | None) -> None:
+    """Every rank stops together when any failed, none waits forever: one line for the job, printed by
+    rank 0 (its own error, else the first failing rank's); the other ranks stop quietly."""
+    if comm.all_ok(rt, error is None):
+        return
+    messages = comm.gather_object(rt, str(error) if error else None)
+    if rt.is_main:
+        raise error or ConfigError(next(m for m in messages if m))  # type: ignore[union-attr]
+    raise ConfigError(str(error), quiet=True)

@@ -229,7 +229,7 @@ class Federation:
         self.reporter.doc["peak_memory_per_rank"] = [m for m, _ in got]  # type: ignore[union-attr]
         self.reporter.doc["startup_per_rank"] = [t for _, t in got]  # type: ignore[union-attr]
         if self.cfg.save_model:
-            model, tokenizer = self.s.model, self.s.tokenizer
+            model, tokenizer = self.s.final_model(self.global_state)
             self.strategy.save(self.cfg.run_dir, model, tokenizer)
             model, name = self.strategy.export(model, "adapter" if models.is_peft(model) else "model")
             path = save_pretrained_atomic(model, tokenizer, self.cfg.run_dir / name)

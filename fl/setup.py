@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fl import models
+from fl import comm, models
 from fl.checkpoint import load_checkpoint, split_prefix
 from fl.client import BatchedRunner, DataParallelRunner, SequentialRunner
 from fl.comm import Runtime
@@ -70,8 +70,17 @@ class Setup:
     model_path: str
     test: Any  # this rank's encoded test rows, or None
     faults: Faults
+    spec: models.ModelSpec | None = None  # how the model was built (a model-free rank 0 builds it to export)
     resumed_from: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # set-up phases, seconds
+
+    def final_model(self, state: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, Any]:
+        """(model, tokenizer) holding `state`, to export: a model-free rank 0 builds its model here, once
+        the rounds are over (the only time it loads the base weights)."""
+        if isinstance(self.model, models.ServerModel):
+            self.model, self.tokenizer, _ = self.task.build_model(self.spec)  # on the CPU: it only saves
+            models.set_trainable_state(self.model, state)
+        return self.model, self.tokenizer
 
 
 def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
@@ -111,10 +120,12 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
     clock.lap("data_s")
     lora = cfg.scheme in LORA_SCHEMES
     spec = models.ModelSpec.from_config(cfg, lora=lora, freeze_a=lora and cfg.lora_aggregation == "ffa")
-    model, tokenizer, path = task.build_model(spec)
-    models.check_max_length(model, cfg.max_length)
-    if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed by its device_map
-        model.to(rt.device)
+    model, tokenizer, path = None, None, ""  # a model-free aggregator's come from rank 1 (share_server_model)
+    if not (rt.is_main and model_free_server(cfg, rt)):
+        model, tokenizer, path = task.build_model(spec)
+        models.check_max_length(model, cfg.max_length)
+        if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed by its device_map
+            model.to(rt.device)
     clock.lap("model_s")
     mine = placement.clients_of(rt.rank)
     kd_public = range(public_size) if cfg.scheme == "fedkdlora" and cfg.kd_placement == "clients" else range(0)
@@ -125,7 +136,7 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
     public = train.subset(range(public_size)) if train is not None and len(kd_public) else None
     extra = [distillation(cfg, task, model, tokenizer, public_size, public, rt)] if cfg.scheme == "fedkdlora" else []
     strategy = build_strategy(cfg, extra)
-    if (mode := strategy.part(LoraAggregator)) is not None:  # adapted modules, scale, FFA's A, FedEx's base
+    if (mode := strategy.part(LoraAggregator)) is not None and model is not None:  # modules, scale, FFA's A, W0
         mode.from_model(model)
     faults = Faults.parse(cfg.fault_inject)
     kind, extra_args = (SequentialRunner, {})
@@ -140,7 +151,38 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
     )  # fmt: skip
     clock.lap("strategy_s")
     return Setup(rt, placement, task, strategy, runner, shards, public_size, model, tokenizer, path, test, faults,
-                 timings=clock.laps)  # fmt: skip
+                 spec=spec, timings=clock.laps)  # fmt: skip
+
+
+def model_free_server(cfg: Config, rt: Runtime) -> bool:
+    """Whether rank 0 of this job aggregates without a model: a torchrun job's rank 0 trains and scores
+    nothing, and FedLoRA's server needs only the adapter's state (not FedEx, whose server merges into
+    the base weights, nor FedKDLoRA, whose server distils with a teacher). Every rank decides alike."""
+    return rt.distributed and cfg.scheme == "fedlora" and cfg.lora_aggregation != "fedex"
+
+
+def share_server_model(cfg: Config, s: Setup) -> None:
+    """Rank 1's first trainable state, parameter counts, model path and LoRA layout to a model-free
+    rank 0 (a collective of every rank, after set-up agreed). Tensors travel on the CPU and land on
+    rank 0's device; the adapter is small (MiniLM r8: 0.3 MB; a 7B model's r16 q/v adapter: ~30 MB)."""
+    if not model_free_server(cfg, s.rt):
+        return
+    facts = None
+    if s.rt.rank == 1:
+        mode = s.strategy.part(LoraAggregator)
+        facts = {
+            "state": {k: v.detach().cpu() for k, v in models.get_trainable_state(s.model).items()},
+            "counts": models.count_parameters(s.model),
+            "path": s.model_path,
+            "lora": mode.layout() if mode is not None else None,
+        }
+    facts = comm.broadcast_object(s.rt, facts, src=1)
+    if not s.rt.is_main:
+        return
+    state = {k: v.to(s.rt.device) for k, v in facts["state"].items()}  # type: ignore[index]
+    s.model, s.model_path = models.ServerModel(state, *facts["counts"]), facts["path"]  # type: ignore[index]
+    if (mode := s.strategy.part(LoraAggregator)) is not None:
+        mode.adopt_layout(facts["lora"], s.rt.device)  # type: ignore[index]
 
 
 class Clock:

@@ -151,6 +151,15 @@ class LoraAggregator(Part):
         if self.mode == "fedex":
             self.base = {m: everything[f"{m}.base_layer.weight"].detach().float().clone() for m in self.modules}
 
+    def layout(self) -> dict[str, Any]:
+        """What `from_model` read, less FedEx's base: for a rank without the model (`adopt_layout`)."""
+        return {"modules": self.modules, "scale": self.scale, "frozen": {k: v.cpu() for k, v in self.frozen.items()}}
+
+    def adopt_layout(self, layout: dict[str, Any], device: torch.device) -> None:
+        """Take another rank's `layout()` (FFA's frozen A onto this rank's device)."""
+        self.modules, self.scale = dict(layout["modules"]), float(layout["scale"])
+        self.frozen = {k: v.to(device) for k, v in layout["frozen"].items()}
+
     def lora_keys(self) -> set[str]:
         return {k for pair in self.modules.values() for k in pair}
 
