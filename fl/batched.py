@@ -240,7 +240,7 @@ def train_together(
             s["steps"] += 1
         if on_step is not None:
             on_step(sum(rows))
-        trim_after_step(max(s["steps"] for s in stats), device)  # fl.memory: the heap's growth over steps
+        trim_after_step(max(s["steps"] for s in stats), device, sched.heap_trim_steps)  # fl.memory
     return [TrainResult(len(d), s["loss"], s["seen"], s["steps"], s["lr_sum"], s["lr"])
             for d, s in zip(datas, stats, strict=True)]  # fmt: skip
 

@@ -8,12 +8,16 @@ in a few milliseconds; the next phase faults them back in as it needs them. Forc
 threshold instead (MALLOC_MMAP_THRESHOLD_=131072) cut memory as far but made each round 1.5x slower
 (every activation a fresh mmap, zeroed). Measurements: bench/reports/startup.md.
 
-Why during training too: a training step's activations vary in size with the batch's width, so the
-freed blocks of one step fit the next step's only in part and the heap's resident pages grow over a
-client's steps (the client ranks of `bench.peer` went from ~540 to ~840 MiB within a round). Trimming
-every `TRIM_EVERY_STEPS` optimizer steps on the CPU bounds that growth: -250 MiB of tree peak at
-the same round time; every step: -440 MiB but rounds ~15% slower (bench/reports/startup.md, section 7).
-On a GPU the activations are not on the CPU heap, so nothing is trimmed there.
+Why during training too (`heap_trim_steps`): a training step's activations vary in size with the
+batch's width, so the freed blocks of one step fit the next step's only in part and the heap's
+resident pages grow over a client's steps (the client ranks of `bench.peer` went from ~540 to ~840
+MiB within a round). Trimming every 4 optimizer steps bounds that: -250 MiB of bench.peer's tree
+peak. It is not free: the next step faults its working set back in (~2 us a page; one bf16 client of
+the quick start on 2 threads: 0.14-0.33 M -> 1.8 M page faults, 10-20% more training time). So it is
+the default only where several processes share the machine (torchrun on a CPU), where a rank's
+retained free pages are memory the others lack; one process reuses them in its next step. Every step:
+-440 MiB but rounds ~25% slower (bench/reports/startup.md, section 7). On a GPU the activations are
+not on the CPU heap: nothing is trimmed there.
 """
 
 from __future__ import annotations
@@ -46,12 +50,12 @@ def trim_heap() -> bool:
     return True
 
 
-TRIM_EVERY_STEPS = 4  # optimizer steps between trims during local training on the CPU
+TRIM_EVERY_STEPS = 4  # heap_trim_steps' default where several processes share the machine
 
 
-def trim_after_step(step: int, device: torch.device) -> bool:
-    """Trim the heap after every `TRIM_EVERY_STEPS`-th training step (1-based) on the CPU; True if it did."""
-    if device.type != "cpu" or step % TRIM_EVERY_STEPS:
+def trim_after_step(step: int, device: torch.device, every: int) -> bool:
+    """Trim the heap after every `every`-th training step (1-based) on the CPU (0: never); True if it did."""
+    if device.type != "cpu" or every <= 0 or step % every:
         return False
     return trim_heap()
 

@@ -78,7 +78,8 @@ class Setup:
         """(model, tokenizer) holding `state`, to export: a model-free rank 0 builds its model here, once
         the rounds are over (the only time it loads the base weights)."""
         if isinstance(self.model, models.ServerModel):
-            self.model, self.tokenizer, _ = self.task.build_model(self.spec)  # on the CPU: it only saves
+            # where from_pretrained puts it (the CPU; a 4-bit model on its GPU): it is only saved
+            self.model, self.tokenizer, _ = self.task.build_model(self.spec)
             models.set_trainable_state(self.model, state)
         return self.model, self.tokenizer
 
@@ -121,6 +122,8 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
     lora = cfg.scheme in LORA_SCHEMES
     spec = models.ModelSpec.from_config(cfg, lora=lora, freeze_a=lora and cfg.lora_aggregation == "ffa")
     model, tokenizer, path = None, None, ""  # a model-free aggregator's come from rank 1 (share_server_model)
+    if rt.is_main and model_free_server(cfg, rt) and cfg.save_model:
+        models.resolve_model(spec.source)  # it builds the model to export it: a missing model fails now, not then
     if not (rt.is_main and model_free_server(cfg, rt)):
         model, tokenizer, path = task.build_model(spec)
         models.check_max_length(model, cfg.max_length)
@@ -146,8 +149,8 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
         kind, extra_args = BatchedRunner, {"parallel": cfg.parallel_clients}
     runner = kind(
         model, task, strategy, {c: train.subset(shards[c]) for c in mine} if train else {},
-        LocalSchedule.from_config(cfg), device=rt.device, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
-        max_update_norm=cfg.max_update_norm, faults=faults, **extra_args,
+        LocalSchedule.from_config(cfg, rt.world_size), device=rt.device, seed=cfg.seed,
+        eval_batch_size=cfg.eval_batch_size, max_update_norm=cfg.max_update_norm, faults=faults, **extra_args,
     )  # fmt: skip
     clock.lap("strategy_s")
     return Setup(rt, placement, task, strategy, runner, shards, public_size, model, tokenizer, path, test, faults,
@@ -158,7 +161,7 @@ def model_free_server(cfg: Config, rt: Runtime) -> bool:
     """Whether rank 0 of this job aggregates without a model: a torchrun job's rank 0 trains and scores
     nothing, and FedLoRA's server needs only the adapter's state (not FedEx, whose server merges into
     the base weights, nor FedKDLoRA, whose server distils with a teacher). Every rank decides alike."""
-    return rt.distributed and cfg.scheme == "fedlora" and cfg.lora_aggregation != "fedex"
+    return rt.distributed and rt.world_size > 1 and cfg.scheme == "fedlora" and cfg.lora_aggregation != "fedex"
 
 
 def share_server_model(cfg: Config, s: Setup) -> None:

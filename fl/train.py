@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fl.config import Config
-from fl.memory import trim_after_step
+from fl.memory import TRIM_EVERY_STEPS, trim_after_step
 from fl.strategies.base import ClientTerm, TrainResult
 
 
@@ -39,12 +39,15 @@ class LocalSchedule:
     head_lr: float | None = None  # the task head's own learning rate (None: lr)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler) | auto
     max_steps: int | None = None  # a cap on the optimizer steps of one client round (FlowerTune's max_steps)
+    heap_trim_steps: int = 0  # on the CPU, malloc_trim every this many steps (0: never inside training)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> LocalSchedule:
+    def from_config(cls, cfg: Config, processes: int = 1) -> LocalSchedule:
+        """The config's schedule; `processes` sharing the machine decide the heap trims' default."""
+        trim = cfg.heap_trim_steps if cfg.heap_trim_steps is not None else (TRIM_EVERY_STEPS if processes > 1 else 0)
         return cls(
             cfg.lr, cfg.local_epochs, cfg.batch_size, cfg.weight_decay, cfg.lr_scheduler,
-            cfg.warmup_steps, cfg.warmup_ratio, cfg.head_lr, cfg.precision, cfg.max_local_steps,
+            cfg.warmup_steps, cfg.warmup_ratio, cfg.head_lr, cfg.precision, cfg.max_local_steps, trim,
         )  # fmt: skip
 
     def steps_for(self, num_examples: int) -> int:
@@ -184,5 +187,5 @@ def train_local(
             steps += 1
             if on_step is not None:
                 on_step(n)
-            trim_after_step(steps, device)  # bounds the heap's growth over varying batch widths
+            trim_after_step(steps, device, schedule.heap_trim_steps)  # the heap's growth over varying widths
     return TrainResult(len(data), loss_sum, seen, steps, lr_sum, lr)

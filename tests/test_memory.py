@@ -41,13 +41,24 @@ def test_peak_memory_names_rss_and_gpu_only_on_cuda():
     assert set(got) == {"peak_rss_mib"} and got["peak_rss_mib"] > 10
 
 
-def test_trim_after_step_only_every_few_steps_and_only_on_the_cpu(monkeypatch):
+def test_trim_after_step_only_every_n_steps_and_only_on_the_cpu(monkeypatch):
     import fl.memory
 
     calls: list[int] = []
     monkeypatch.setattr(fl.memory, "trim_heap", lambda: calls.append(1) or True)
-    n = fl.memory.TRIM_EVERY_STEPS
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a device object only: nothing runs on it
-    assert [fl.memory.trim_after_step(s, cpu) for s in range(1, 2 * n + 1)] == ([False] * (n - 1) + [True]) * 2
-    assert fl.memory.trim_after_step(n, gpu) is False
+    assert [fl.memory.trim_after_step(s, cpu, 3) for s in range(1, 7)] == [False, False, True] * 2
+    assert fl.memory.trim_after_step(3, gpu, 3) is False
+    assert not any(fl.memory.trim_after_step(s, cpu, 0) for s in range(1, 7))  # 0: never inside training
     assert len(calls) == 2
+
+
+def test_heap_trims_default_on_only_where_processes_share_the_machine():
+    from fl.config import Config
+    from fl.memory import TRIM_EVERY_STEPS
+    from fl.train import LocalSchedule
+
+    assert LocalSchedule.from_config(Config(), processes=1).heap_trim_steps == 0
+    assert LocalSchedule.from_config(Config(), processes=3).heap_trim_steps == TRIM_EVERY_STEPS
+    assert LocalSchedule.from_config(Config(heap_trim_steps=2), processes=1).heap_trim_steps == 2
+    assert LocalSchedule.from_config(Config(heap_trim_steps=0), processes=3).heap_trim_steps == 0

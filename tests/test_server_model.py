@@ -51,7 +51,9 @@ def test_server_model_takes_and_checks_a_state_like_a_model():
 def test_which_jobs_aggregate_without_a_model(distributed, overrides, free):
     from fl.setup import model_free_server
 
-    assert model_free_server(Config(**overrides), SimpleNamespace(distributed=distributed)) is free
+    rt = SimpleNamespace(distributed=distributed, world_size=3 if distributed else 1)
+    assert model_free_server(Config(**overrides), rt) is free
+    assert model_free_server(Config(**overrides), SimpleNamespace(distributed=True, world_size=1)) is False
 
 
 def _job(rank: int, overrides: list[str], out: str) -> None:

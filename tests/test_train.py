@@ -104,7 +104,6 @@ def test_the_heap_is_trimmed_every_few_steps_on_the_cpu(monkeypatch):
 
     trims: list[int] = []
     monkeypatch.setattr(fl.memory, "trim_heap", lambda: trims.append(1) or True)
-    steps = 2 * fl.memory.TRIM_EVERY_STEPS + 1
-    res = train_local(nn.Linear(3, 1), LineTask(), rows(steps), LocalSchedule(0.1, 1, 1), seed=1,
-                      device=torch.device("cpu"))  # fmt: skip
-    assert res.steps == steps and len(trims) == 2
+    schedule = LocalSchedule(0.1, 1, 1, heap_trim_steps=4)
+    res = train_local(nn.Linear(3, 1), LineTask(), rows(9), schedule, seed=1, device=torch.device("cpu"))
+    assert res.steps == 9 and len(trims) == 2  # after steps 4 and 8
