@@ -1,6 +1,7 @@
 """Set-up of one run on every rank: the task and its data, the placement, the shards, the model,
 the strategy with its parts (the KD teacher on rank 0), the client runner; and rank 0's restore of
-a checkpoint. Built identically (same seeds) on every rank, and before anything is written.
+a checkpoint. Built identically (same seeds) on every rank, and before anything is written; a
+model-free rank 0 loads neither model nor data and receives rank 1's (`share_server_model`).
 """
 
 from __future__ import annotations
@@ -116,15 +117,18 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
         placement.check()
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    task = build_task(cfg)
-    public_size, shards = split_clients(cfg, task)
+    free = rt.is_main and model_free_server(cfg, rt)  # task, shards, model: from rank 1 (share_server_model)
+    task, public_size, shards = None, 0, []
+    if not free:
+        task = build_task(cfg)
+        public_size, shards = split_clients(cfg, task)
     clock.lap("data_s")
     lora = cfg.scheme in LORA_SCHEMES
     spec = models.ModelSpec.from_config(cfg, lora=lora, freeze_a=lora and cfg.lora_aggregation == "ffa")
-    model, tokenizer, path = None, None, ""  # a model-free aggregator's come from rank 1 (share_server_model)
-    if rt.is_main and model_free_server(cfg, rt) and cfg.save_model:
+    model, tokenizer, path = None, None, ""
+    if free and cfg.save_model:
         models.resolve_model(spec.source)  # it builds the model to export it: a missing model fails now, not then
-    if not (rt.is_main and model_free_server(cfg, rt)):
+    if not free:
         model, tokenizer, path = task.build_model(spec)
         models.check_max_length(model, cfg.max_length)
         if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed by its device_map
@@ -133,7 +137,7 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
     mine = placement.clients_of(rt.rank)
     kd_public = range(public_size) if cfg.scheme == "fedkdlora" and cfg.kd_placement == "clients" else range(0)
     train = encode_rows(task, tokenizer, [*kd_public, *(i for c in mine for i in shards[c])]) if mine else None
-    test_rows = placement.eval_rows(rt.rank, len(task.test))
+    test_rows = placement.eval_rows(rt.rank, len(task.test)) if task is not None else []
     test = task.encode(tokenizer, task.test.subset(test_rows)) if test_rows else None  # only the rows it scores
     clock.lap("tokenize_s")
     public = train.subset(range(public_size)) if train is not None and len(kd_public) else None
@@ -153,21 +157,23 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
         eval_batch_size=cfg.eval_batch_size, max_update_norm=cfg.max_update_norm, faults=faults, **extra_args,
     )  # fmt: skip
     clock.lap("strategy_s")
-    return Setup(rt, placement, task, strategy, runner, shards, public_size, model, tokenizer, path, test, faults,
+    return Setup(rt, placement, task, strategy, runner, shards, public_size, model, tokenizer, path, test, faults,  # type: ignore[arg-type]
                  spec=spec, timings=clock.laps)  # fmt: skip
 
 
 def model_free_server(cfg: Config, rt: Runtime) -> bool:
-    """Whether rank 0 of this job aggregates without a model: a torchrun job's rank 0 trains and scores
-    nothing, and FedLoRA's server needs only the adapter's state (not FedEx, whose server merges into
-    the base weights, nor FedKDLoRA, whose server distils with a teacher). Every rank decides alike."""
+    """Whether rank 0 of this job aggregates without a model or data: a torchrun job's rank 0 trains
+    and scores nothing, and FedLoRA's server needs only the adapter's state (not FedEx, whose server
+    merges into the base weights, nor FedKDLoRA, whose server distils with a teacher) and the data's
+    sizes. Every rank decides alike."""
     return rt.distributed and rt.world_size > 1 and cfg.scheme == "fedlora" and cfg.lora_aggregation != "fedex"
 
 
 def share_server_model(cfg: Config, s: Setup) -> None:
-    """Rank 1's first trainable state, parameter counts, model path and LoRA layout to a model-free
-    rank 0 (a collective of every rank, after set-up agreed). Tensors travel on the CPU and land on
-    rank 0's device; the adapter is small (MiniLM r8: 0.3 MB; a 7B model's r16 q/v adapter: ~30 MB)."""
+    """Rank 1's first trainable state, parameter counts, model path and LoRA layout, and its task
+    without rows, shards and public size, to a model-free rank 0 (a collective of every rank, after
+    set-up agreed: every rank built the same from the same seeds). Tensors travel on the CPU and land
+    on rank 0's device; the adapter is small (MiniLM r8: 0.3 MB; a 7B model's r16 q/v adapter: ~30 MB)."""
     if not model_free_server(cfg, s.rt):
         return
     facts = None
@@ -178,12 +184,16 @@ def share_server_model(cfg: Config, s: Setup) -> None:
             "counts": models.count_parameters(s.model),
             "path": s.model_path,
             "lora": mode.layout() if mode is not None else None,
+            "task": s.task.without_rows(),
+            "shards": s.shards,
+            "public_size": s.public_size,
         }
     facts = comm.broadcast_object(s.rt, facts, src=1)
     if not s.rt.is_main:
         return
     state = {k: v.to(s.rt.device) for k, v in facts["state"].items()}  # type: ignore[index]
     s.model, s.model_path = models.ServerModel(state, *facts["counts"]), facts["path"]  # type: ignore[index]
+    s.task, s.shards, s.public_size = facts["task"], facts["shards"], facts["public_size"]  # type: ignore[index]
     if (mode := s.strategy.part(LoraAggregator)) is not None:
         mode.adopt_layout(facts["lora"], s.rt.device)  # type: ignore[index]
 

@@ -81,6 +81,25 @@ def test_perplexity_is_exp_of_the_mean_token_loss(tiny_llama_dir, tiny_sft):
     assert 0.0 <= m["accuracy"] <= 1.0 and "exact_match" in m
 
 
+def test_a_task_without_rows_scores_and_exports_like_the_task(tiny_llama_dir, tiny_sft):
+    """A model-free rank 0's copy (fl.setup.share_server_model): no rows, no tokenizer; the metrics and
+    the model it builds to export are the task's own."""
+    import pickle
+
+    task, _ = task_of(tiny_llama_dir, tiny_sft, max_new_tokens=3)
+    light = pickle.loads(pickle.dumps(task.without_rows()))
+    assert light.tokenizer is None and (len(light.train), len(light.test)) == (len(task.train), len(task.test))
+    assert (light.metric, light.columns, light.notes) == (task.metric, task.columns, task.notes)
+    spec = models.ModelSpec(str(tiny_llama_dir), None, False, 0, None)
+    model, tok, _ = task.build_model(spec)
+    sums = task.eval_sums(model, task.encode(tok, task.test), 7, CPU)
+    assert light.metrics(sums) == task.metrics(sums)
+    again, again_tok, _ = light.build_model(spec)  # the tokenizer from the model's folder
+    assert again.config.pad_token_id == model.config.pad_token_id and again_tok.pad_token_id == tok.pad_token_id
+    with pytest.raises(RuntimeError, match="holds no rows"):
+        light.test.subset([0])
+
+
 def test_topk_kd_is_the_dense_kd_at_full_vocabulary_and_shrinks_the_bytes():
     g = torch.Generator().manual_seed(0)
     s, t, temp = torch.randn(12, 40, generator=g), torch.randn(12, 40, generator=g), 2.0

@@ -1,6 +1,6 @@
-"""A model-free aggregator: in a torchrun FedLoRA job rank 0 holds the adapter's state only (from
-rank 1), never imports peft or transformers' modeling code, computes what a model-holding rank 0
-computes, and builds the model only to export it.
+"""A model-free aggregator: in a torchrun FedLoRA job rank 0 holds the adapter's state and the task
+without its rows (from rank 1), never imports peft, transformers' modeling code or datasets,
+computes what a model-holding rank 0 computes, and builds the model only to export it.
 
 Kept free of top-level imports of transformers and peft: the spawned ranks import this module.
 """
@@ -20,7 +20,7 @@ from fl.config import Config
 from tests.dist_utils import spawn
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_LIBRARIES = ("peft", "transformers.modeling_utils")
+MODEL_LIBRARIES = ("peft", "transformers.modeling_utils", "datasets")
 
 
 def test_server_model_takes_and_checks_a_state_like_a_model():
@@ -71,14 +71,15 @@ def test_rank0_of_a_fedlora_job_never_loads_the_model_and_matches_the_simulation
     from fl.run import run
 
     spawn(_job, 3, [*tiny_overrides, "save_model=false", "run_name=dist"], str(tmp_path))
-    assert json.loads((tmp_path / "rank0.json").read_text()) == []  # no peft, no transformers modeling code
+    assert json.loads((tmp_path / "rank0.json").read_text()) == []  # no peft, no modeling code, no datasets
     assert json.loads((tmp_path / "rank1.json").read_text()) == list(MODEL_LIBRARIES)
     sim = run(load_config(ROOT / "recipes" / "fedlora.yaml", [*tiny_overrides, "save_model=false", "run_name=sim"]))
     out = Path(next(o.split("=", 1)[1] for o in tiny_overrides if o.startswith("output_dir=")))
     dist = json.loads((out / "dist" / "results.json").read_text())
     assert dist["env"]["rank0_model"] == "trainable state only" and sim["env"]["rank0_model"] == "model"
-    assert (dist["trainable_parameters"], dist["total_parameters"], dist["model_path"]) == (
-        sim["trainable_parameters"], sim["total_parameters"], sim["model_path"])  # fmt: skip
+    same = ("trainable_parameters", "total_parameters", "model_path", "public_examples", "client_examples",
+            "test_examples", "data_notes")  # fmt: skip
+    assert {k: dist[k] for k in same} == {k: sim[k] for k in same}
     for a, b in zip(dist["rounds"], sim["rounds"], strict=True):
         assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
         assert a["test_loss"] == pytest.approx(b["test_loss"], abs=1e-4)

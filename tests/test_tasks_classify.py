@@ -77,3 +77,24 @@ def test_model_dropout_sets_every_base_rate_and_leaves_lora_its_own(tiny_model_d
     plain.train()  # no dropout anywhere: two forward passes in training mode agree
     batch = tok(["good movie", "bad plot here"], return_tensors="pt", padding=True)
     torch.testing.assert_close(plain(**batch).logits, plain(**batch).logits, rtol=0, atol=0)
+
+
+def test_a_task_without_rows_keeps_what_the_server_uses(task_and_model, tiny_model_dir):
+    """What a model-free rank 0 holds (fl.setup.share_server_model): sizes, labels, metrics, the
+    model it exports; a small pickle with no `datasets` object in it."""
+    import pickle
+
+    task, model, tok = task_and_model
+    light = pickle.loads(pickle.dumps(task.without_rows()))
+    assert (len(light.train), len(light.test), light.num_labels, light.metric, light.columns) == (
+        len(task.train), len(task.test), task.num_labels, task.metric, task.columns)  # fmt: skip
+    rows = range(len(task.train))
+    assert light.partition_labels(rows) == task.partition_labels(rows)
+    sums = task.eval_sums(model, task.encode(tok, task.test), 8, torch.device("cpu"))
+    assert light.metrics(sums) == task.metrics(sums)
+    assert light.eval_template(torch.device("cpu")).parts["eval"]["confusion"].shape == (2, 2)
+    assert b"datasets" not in pickle.dumps(light)
+    with pytest.raises(RuntimeError, match="holds no rows"):
+        light.train.subset([0])
+    again, _, _ = light.build_model(models.ModelSpec(str(tiny_model_dir), None, False, 0, None))
+    assert again.num_labels == task.num_labels

@@ -10,6 +10,7 @@ the strategy know none of it: they call the `Task` protocol.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -20,6 +21,22 @@ from fl.message import Message
 from fl.models import ModelSpec
 
 State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """What a rank that holds no rows knows of a split: its size, and the labels of its rows (a
+    classifier's, for the partition table). It stands in for `Task.train` / `Task.test` in a task's
+    `without_rows` copy: `len` works, reading rows does not."""
+
+    size: int
+    labels: list[int] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def subset(self, rows: Sequence[int]) -> Any:
+        raise RuntimeError("this rank holds no rows of the data (a task's without_rows copy): it cannot subset them")
 
 
 class Task(Protocol):
@@ -40,6 +57,12 @@ class Task(Protocol):
 
     def encode(self, tokenizer: Any, rows: Any) -> Any:
         """Rows -> token ids (the task's `Encoded`, with `len` and `subset`)."""
+        ...
+
+    def without_rows(self) -> Task:
+        """A copy holding no rows and no tokenizer (`SplitSummary` for train and test): what rank 0 of a
+        model-free job receives from rank 1 instead of loading the data. Its lengths, partition labels,
+        metrics, `eval_template` and `build_model` work like the full task's; small and picklable."""
         ...
 
     def partition_labels(self, rows: Sequence[int]) -> list[int] | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from fl import models
 from fl.config import Config, ConfigError
 from fl.kd.losses import topk_kl
 from fl.message import Message
-from fl.tasks import lm_encode
+from fl.tasks import SplitSummary, lm_encode
 from fl.tasks.lm_data import LMData, LMRows, load_lm_data
 from fl.tasks.lm_encode import IGNORE, LMEncoded
 from fl.train import autocast
@@ -89,6 +89,11 @@ class CausalLMTask:
                    cfg.kd_temperature, cfg.gradient_checkpointing, cfg.load_in_4bit, cfg.precision,
                    cfg.group_by_length)  # fmt: skip
 
+    def without_rows(self) -> CausalLMTask:
+        """See `Task.without_rows` (`build_model` then loads the tokenizer from the model's folder)."""
+        data = replace(self.data, train=SplitSummary(len(self.train)), test=SplitSummary(len(self.test)))
+        return replace(self, data=data, tokenizer=None)  # type: ignore[arg-type]
+
     name = property(lambda self: self.data.name)
     train = property(lambda self: self.data.train)
     test = property(lambda self: self.data.test)
@@ -115,8 +120,9 @@ class CausalLMTask:
         models.quiet_transformers()
         path = models.resolve_model(spec.source)
         model = load_causal_lm(path, spec.seed, **quantized(self.load_in_4bit))
+        tokenizer = lm_tokenizer(path)
         if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
+            model.config.pad_token_id = tokenizer.pad_token_id
         if spec.keep_layers:
             model = models.keep_layers(model, spec.keep_layers)
         if spec.dropout is not None:
@@ -130,7 +136,7 @@ class CausalLMTask:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.gradient_checkpointing)
         if spec.lora is not None:
             model = models.wrap_lora(model, spec.lora, "CAUSAL_LM")
-        return model, lm_tokenizer(path), path
+        return model, tokenizer, path
 
     def load_teacher(self, source: str, seed: int, eager_attention: bool) -> tuple[nn.Module, Any, str]:
         """A causal LM that shares the student's tokenizer (the top-k indices must mean the same tokens)."""

@@ -12,7 +12,7 @@ they give the metrics of the whole test set exactly.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from fl.data import LabelledData, TextDataset, load_labelled
 from fl.kd.losses import kl_divergence
 from fl.message import Message
 from fl.metrics import classification_metrics, confusion_matrix
+from fl.tasks import SplitSummary
 from fl.tasks.order import epoch_batches
 
 HEAD_MARKERS = ("classifier", "score.", "modules_to_save")  # parameter names of a classification head
@@ -139,6 +140,11 @@ class ClassifyTask:
         """A task over rows already in hand (benchmarks, tests)."""
         num_labels = max(max(train.labels), max(test.labels)) + 1
         return cls(LabelledData(name, train, test, num_labels, "accuracy"), max_length)
+
+    def without_rows(self) -> ClassifyTask:
+        """See `Task.without_rows`: the train labels stay (the partition table counts them)."""
+        train, test = SplitSummary(len(self.train), list(self.train.labels)), SplitSummary(len(self.test))
+        return replace(self, data=replace(self.data, train=train, test=test))  # type: ignore[arg-type]
 
     @property
     def name(self) -> str:
