@@ -66,7 +66,7 @@ def plain_run(spec: dict[str, Any], workers: int) -> dict[str, Any]:
         if proc.returncode != 0 or not out_path.exists():
             raise RuntimeError(f"plain loop failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         rounds = json.loads(out_path.read_text())
-    return {"rounds": [{"round": 0}, *rounds], "wall_s": wall, "peak_tree_pss_bytes": peak}
+    return {"rounds": rounds, "wall_s": wall, "peak_tree_pss_bytes": peak}  # round 0 first, like the others
 
 
 def summary(label: str, rounds: list[dict[str, Any]], wall: float, peak: int, acc_key: str) -> dict[str, Any]:
@@ -172,12 +172,14 @@ def main(argv: list[str] | None = None) -> Path:
     body = (
         f"Workload: FedLoRA, SST-2, {args.clients} clients x {args.per_client} examples (same shards on both sides), "
         f"batch 16, max length 64, 1 local epoch, lr 2e-3, {args.rounds} rounds, seed 42, server-side scoring of "
-        f"{len(test)} dev sentences before round 1 and after each round. Flower's clients run `bench.plain`'s "
-        "training (the no-framework loop); fl runs its own. Each side runs alone, in its own process tree; "
-        "peak memory is the largest sum of PSS over every process of the tree (sampled every 0.25 s). "
-        "What differs: the Flower app scores on its server process in the dev set's own row order (batches "
-        "padded to their longest row as they come), while fl splits the scoring over its client ranks and "
-        "sorts rows by length; the 'of which scoring' column shows what that costs each side.\n\n"
+        f"{len(test)} dev sentences before round 1 and after each round (all three; the plain loop scores "
+        "round 0 since 2026-12-07, before which its total wall held one scoring less than the others'). "
+        "Flower's clients run `bench.plain`'s training (the no-framework loop); fl runs its own. Each side "
+        "runs alone, in its own process tree; peak memory is the largest sum of PSS over every process of "
+        "the tree (sampled every 0.25 s). What differs: Flower and the plain loop score on their server "
+        "process in the dev set's own row order (batches padded to their longest row as they come), while fl "
+        "splits the scoring over its client ranks and sorts rows by length; the 'of which scoring' column "
+        "shows what that costs each side.\n\n"
         + md_table(
             [
                 "run",

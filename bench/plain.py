@@ -138,9 +138,11 @@ def run_loop(
     workers: int = 0,
     seed: int = 42,
 ) -> list[dict[str, float]]:
-    """FedAvg / FedLoRA written out: per round every client trains from the global state, the states
+    """FedAvg / FedLoRA written out: the initial global state is scored (round 0, as Flower's
+    `evaluate_fn` and fl do), then per round every client trains from the global state, the states
     are averaged by example count, the test set is scored in this process. `workers` > 0 trains the
-    clients in that many 1-thread worker processes (a multiprocessing pool, states pickled over pipes)."""
+    clients in that many 1-thread worker processes (a multiprocessing pool, states pickled over pipes).
+    Returns one record per round, round 0 first."""
     model, tok = load_model(model_path, lora=lora, seed=seed)
     glob = get_state(model)
     pool = None
@@ -149,7 +151,10 @@ def run_loop(
 
         pool = mp.get_context("spawn").Pool(workers, _worker_init, (model_path, lora, seed))
         pool.map(_worker_ready, range(workers), chunksize=1)  # start-up (imports, model load) is not a round
-    records = []
+    t_eval = time.perf_counter()
+    m = score(model, tok, test)
+    done = time.perf_counter()
+    records = [{"round": 0, "time_s": 0.0, "time_eval_s": done - t_eval, "test_accuracy": m["accuracy"]}]
     try:
         for r in range(1, rounds + 1):
             t0 = time.perf_counter()
