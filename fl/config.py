@@ -288,7 +288,7 @@ class Config(CrossKeyRules):
         False, "true: replace the results and checkpoints of an existing run folder (otherwise that is refused)"
     )
     heap_trim_steps: int | None = _f(None, "CPU: malloc_trim every N local steps (0: between clients only); "
-                                     "unset: 4 under torchrun, 0 in one process (fl.memory)", lo=0, hi=BIG)  # fmt: skip
+                                     "unset: 3 under torchrun, 0 in one process (fl.memory)", lo=0, hi=BIG)  # fmt: skip
     bucket_mb: float = _f(
         25.0,
         "collectives move messages in buckets of at most this many MB (extra memory: one bucket); 0: whole",

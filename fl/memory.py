@@ -11,13 +11,15 @@ threshold instead (MALLOC_MMAP_THRESHOLD_=131072) cut memory as far but made eac
 Why during training too (`heap_trim_steps`): a training step's activations vary in size with the
 batch's width, so the freed blocks of one step fit the next step's only in part and the heap's
 resident pages grow over a client's steps (the client ranks of `bench.peer` went from ~540 to ~840
-MiB within a round). Trimming every 4 optimizer steps bounds that: -250 MiB of bench.peer's tree
-peak. It is not free: the next step faults its working set back in (~2 us a page; one bf16 client of
-the quick start on 2 threads: 0.14-0.33 M -> 1.8 M page faults, 10-20% more training time). So it is
-the default only where several processes share the machine (torchrun on a CPU), where a rank's
-retained free pages are memory the others lack; one process reuses them in its next step. Every step:
--440 MiB but rounds ~25% slower (bench/reports/startup.md, section 7). On a GPU the activations are
-not on the CPU heap: nothing is trimmed there.
+MiB within a round). Trimming every few optimizer steps bounds that (bench.peer's fl tree peak: every
+4 steps 2,011 MiB, every 3 1,943, every 2 1,893, with a rank 0 that holds no model). It is not free:
+the next step faults its working set back in (2-3 us a page on the 2-core VM; one client's 500 rows:
+0.1 M page faults untrimmed, 0.6 M every 4 steps, 1.0 M every 2, so about +1.3 s and +2.4 s on ~12 s
+of training). So it is the default only where several processes share the machine (torchrun on a CPU),
+where a rank's retained free pages are memory the others lack (one process reuses them in its next
+step), and every 3 steps there: the middle of what bench.peer's memory and round-time targets allow
+(bench/reports/startup.md, section 8). On a GPU the activations are not on the CPU heap: nothing is
+trimmed there.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def trim_heap() -> bool:
     return True
 
 
-TRIM_EVERY_STEPS = 4  # heap_trim_steps' default where several processes share the machine
+TRIM_EVERY_STEPS = 3  # heap_trim_steps' default where several processes share the machine
 
 
 def trim_after_step(step: int, device: torch.device, every: int) -> bool:
