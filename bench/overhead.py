@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> Path:
             }
     body = (
         f"Workload: SST-2, {clients} clients x {args.per_client} examples (the same contiguous shards on both sides), "
-        f"batch 16, max length 64, 1 local epoch, {args.rounds} rounds, scoring of {len(test)} dev sentences after "
-        "every round. Plain loop: `bench/plain.py`, transformers + peft + torch only, the same optimizer (AdamW, "
+        f"batch 16, max length 64, 1 local epoch, {args.rounds} rounds, scoring of {len(test)} dev sentences before "
+        "round 1 and after every round (the plain loop scores round 0 since 2026-12-07, in its wall time). "
+        "Plain loop: `bench/plain.py`, transformers + peft + torch only, the same optimizer (AdamW, "
         "weight decay 0) and learning rate; with worker processes, a torch multiprocessing pool trains the clients "
         "(1 thread each) and the main process averages and scores the dev set in its own row order; fl scores it "
         "split over its client ranks with rows sorted by length. Each pair is measured back to back in one run, each "

@@ -12,7 +12,7 @@ Why during training too (`heap_trim_steps`): a training step's activations vary 
 batch's width, so the freed blocks of one step fit the next step's only in part and the heap's
 resident pages grow over a client's steps (the client ranks of `bench.peer` went from ~540 to ~840
 MiB within a round). Trimming every few optimizer steps bounds that (bench.peer's fl tree peak: every
-4 steps 2,011 MiB, every 3 1,943, every 2 1,893, with a rank 0 that holds no model). It is not free:
+4 steps 2,011 MiB, every 3 1,943, every 2 1,893, with a rank 0 that holds neither model nor data). It is not free:
 the next step faults its working set back in (2-3 us a page on the 2-core VM; one client's 500 rows:
 0.1 M page faults untrimmed, 0.6 M every 4 steps, 1.0 M every 2, so about +1.3 s and +2.4 s on ~12 s
 of training). So it is the default only where several processes share the machine (torchrun on a CPU),

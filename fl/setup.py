@@ -110,7 +110,9 @@ def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
 
 def prepare(cfg: Config, rt: Runtime) -> Setup:
     """Load data, split it, build the model, the strategy and the runner (and, on rank 0, the
-    teacher). Raises ConfigError before anything is written. `Setup.timings` says where the time went."""
+    teacher); a model-free rank 0 builds only its strategy and runner, and gets task, shards and
+    model from rank 1 (`share_server_model`). Raises ConfigError before anything is written.
+    `Setup.timings` says where the time went."""
     clock = Clock()
     placement = Placement(rt.world_size, cfg.num_clients, cfg.ranks_per_client)
     try:
@@ -184,7 +186,7 @@ def share_server_model(cfg: Config, s: Setup) -> None:
             "counts": models.count_parameters(s.model),
             "path": s.model_path,
             "lora": mode.layout() if mode is not None else None,
-            "task": s.task.without_rows(),
+            "task": s.task.without_rows(),  # ~5 bytes a train row (its label), like the shards' indices
             "shards": s.shards,
             "public_size": s.public_size,
         }

@@ -98,6 +98,8 @@ def test_a_task_without_rows_scores_and_exports_like_the_task(tiny_llama_dir, ti
     assert again.config.pad_token_id == model.config.pad_token_id and again_tok.pad_token_id == tok.pad_token_id
     with pytest.raises(RuntimeError, match="holds no rows"):
         light.test.subset([0])
+    with pytest.raises(RuntimeError, match="holds no rows"):
+        light.partition_groups(range(2))
 
 
 def test_topk_kd_is_the_dense_kd_at_full_vocabulary_and_shrinks_the_bytes():

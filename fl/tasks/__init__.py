@@ -38,6 +38,10 @@ class SplitSummary:
     def subset(self, rows: Sequence[int]) -> Any:
         raise RuntimeError("this rank holds no rows of the data (a task's without_rows copy): it cannot subset them")
 
+    @property
+    def groups(self) -> list[str] | None:
+        raise RuntimeError("this rank holds no rows of the data (a task's without_rows copy): it has no groups")
+
 
 class Task(Protocol):
     """One learning problem: its data and everything that depends on what a row and a model output are."""
@@ -62,7 +66,8 @@ class Task(Protocol):
     def without_rows(self) -> Task:
         """A copy holding no rows and no tokenizer (`SplitSummary` for train and test): what rank 0 of a
         model-free job receives from rank 1 instead of loading the data. Its lengths, partition labels,
-        metrics, `eval_template` and `build_model` work like the full task's; small and picklable."""
+        metrics, `eval_template` and `build_model` work like the full task's; picklable, a few bytes a
+        train row (a classifier keeps every train label)."""
         ...
 
     def partition_labels(self, rows: Sequence[int]) -> list[int] | None:
