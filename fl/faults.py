@@ -1,9 +1,10 @@
 """Fault injection, for tests only (`fault_inject`): a client that sends NaN, a rank that dies.
 
     fault_inject=nan:client=C:round=R     client C's update is NaN in round R (R may be '*': every round)
-    fault_inject=exit:rank=K:round=R      rank K exits (code 17) at the start of round R
+    fault_inject=exit:rank=K:round=R      rank K exits (code 17) at the start of round R (0: in set-up)
 
-The round calls `at_round_start`; the client runner asks `poisons`. Nothing else knows of it.
+Set-up calls `in_setup`, the round `at_round_start`; the client runner asks `poisons`. Nothing else
+knows of it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class Faults:
     def at_round_start(self, rank: int, round_idx: int) -> None:
         """This process dies mid-run, as a crashed rank would."""
         if self.hits("rank", rank, round_idx):
+            os._exit(17)
+
+    def in_setup(self, rank: int) -> None:
+        """This process dies while building its part (round=0 only, not '*'), as a rank that fails to load would."""
+        if self.target == "rank" and self.index == rank and self.when == 0:
             os._exit(17)
 
     def poisons(self, client: int, round_idx: int) -> bool:

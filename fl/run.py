@@ -58,6 +58,11 @@ def run(cfg: Config) -> dict[str, Any] | None:
             raise stopped(cfg, fed, err, start) from None
         if fed is not None:
             fed.reporter.finish(time.perf_counter() - start, status="failed", reason=first_line(err))
+        elif isinstance(err, RunStopped) and comm.launched_by_torchrun():  # e.g. a peer died while loading
+            raise RunStopped(
+                f"stopped during set-up ({first_line(err)}), before any round or file; when a rank fails torchrun "
+                "stops the others: its summary names that rank, whose own error is printed above"
+            ) from None
         raise
     finally:
         for sig, handler in previous.items():

@@ -148,6 +148,7 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
     if (mode := strategy.part(LoraAggregator)) is not None and model is not None:  # modules, scale, FFA's A, W0
         mode.from_model(model)
     faults = Faults.parse(cfg.fault_inject)
+    faults.in_setup(rt.rank)  # test-only: this process may die here
     kind, extra_args = (SequentialRunner, {})
     if rt.group_size > 1:
         kind, extra_args = DataParallelRunner, {"rt": rt}

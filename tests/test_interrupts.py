@@ -64,3 +64,15 @@ def test_setup_error_of_one_rank_reaches_rank0(tmp_path, tiny_overrides):
     assert len(errors) == 1 and "row 2 has an empty label" in errors[0]
     assert proc.stderr.count("exitcode  : 2") == 3 and "[rank" not in proc.stderr
     assert Path(tmp_path / "tiny").exists() is False
+
+
+def test_a_rank_that_dies_in_setup_is_named_by_rank0s_line(tmp_path, tiny_overrides):
+    """A client rank that crashes while loading (not a config error): rank 0, stopped by torchrun, says
+    the job stopped in set-up and where the cause is, instead of a bare signal name."""
+    over = [o for o in tiny_overrides if not o.startswith("output_dir")] + [f"output_dir={tmp_path}"]
+    proc = run_torchrun(3, [*over, "fault_inject=exit:rank=2:round=0"])
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith("error: stopped during set-up (received SIGTERM)")
+    assert "its summary names that rank" in errors[0] and "exitcode  : 17" in proc.stderr
+    assert not (tmp_path / "tiny").exists()  # nothing written
