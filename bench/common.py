@@ -44,7 +44,7 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
 
 def run_inprocess(recipe: str, overrides: list[str]) -> dict[str, Any]:
     """One fl job in this process (simulation path); returns its results document."""
-    from fl.run import run
+    from fl.job import run_document as run
 
     t0 = time.perf_counter()
     doc = run(load_config(RECIPES / recipe, as_measured(recipe, overrides)))

@@ -1,3 +1,49 @@
-"""fl: federated fine-tuning of language models in plain PyTorch (FedAvg, FedLoRA)."""
+"""fl: federated fine-tuning of language models in plain PyTorch, as a library and a CLI.
+
+    import fl
+    result = fl.run(fl.load_config("recipes/fedlora.yaml", rounds=2), parts=[MyPart()])
+
+Public names: `run`, `load_config`, `Config`, `Result`, `Part`, `ClientTerm`, `Task`, `Callback`,
+`ConfigError`, `RunStopped` (docs/extending.md). They are imported on first use, so `import fl`
+stays light (the CLI's `--help` does not load torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "run": "fl.api",
+    "load_config": "fl.api",
+    "Config": "fl.config",
+    "Result": "fl.job",
+    "Part": "fl.strategies.base",
+    "ClientTerm": "fl.strategies.base",
+    "Task": "fl.tasks",
+    "Callback": "fl.callbacks",
+    "ConfigError": "fl.errors",
+    "RunStopped": "fl.errors",
+}
+__all__ = [
+    "Callback", "ClientTerm", "Config", "ConfigError", "Part", "Result", "RunStopped", "Task", "load_config", "run",
+]  # fmt: skip
+
+if TYPE_CHECKING:
+    from fl.api import load_config, run
+    from fl.callbacks import Callback
+    from fl.config import Config
+    from fl.errors import ConfigError, RunStopped
+    from fl.job import Result
+    from fl.strategies.base import ClientTerm, Part
+    from fl.tasks import Task
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fl' has no attribute {name!r}")

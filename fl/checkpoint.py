@@ -116,6 +116,26 @@ def load_checkpoint(path: Path, cfg: Config) -> tuple[dict[str, torch.Tensor], d
     return tensors, meta
 
 
+def pack_state(global_state: dict[str, torch.Tensor], server: dict[str, torch.Tensor],
+               clients: dict[int, dict[str, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The checkpoint's key layout: `global.<tensor>`, `server.<part>.<tensor>` (the strategy's state,
+    already prefixed by part), `client.<c>.<part>.<tensor>` (every client's own state, by part)."""
+    tensors = with_prefix(global_state, "global")
+    tensors.update(with_prefix(server, "server"))
+    for c, parts in clients.items():
+        tensors.update({f"client.{c}.{p}.{k}": v for p, part in parts.items() for k, v in part.items()})
+    return tensors
+
+
+def unpack_state(tensors: dict[str, torch.Tensor]) -> tuple[dict, dict, dict[int, dict[str, dict]]]:
+    """`pack_state` undone: (global state, server state, client -> part -> state)."""
+    clients: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
+    for key, v in split_prefix(tensors, "client").items():
+        c, part, name = key.split(".", 2)
+        clients.setdefault(int(c), {}).setdefault(part, {})[name] = v
+    return split_prefix(tensors, "global"), split_prefix(tensors, "server"), clients
+
+
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under `prefix.` with the prefix removed."""
     n = len(prefix) + 1

@@ -12,7 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fl.config import Config, ConfigError
+from fl.components import IMPORT_ENV, import_user_modules
+from fl.config import Config
+from fl.errors import ConfigError, RunStopped
 from fl.recipe import describe_keys, load_config
 
 RUN_EPILOG = """\
@@ -21,6 +23,7 @@ examples:
   fl run recipes/fedlora.yaml rounds=5 lr=1e-3 partition=iid
   torchrun --nproc_per_node=3 -m fl run recipes/fedlora.yaml # rank 0 aggregates, 1..2 train
   recipes/run.sh 4 recipes/sst2-fedlora.yaml data_dir=../shared/data/glue
+  fl run my_recipe.yaml --import my_algos                    # parts: [{_component_: my_algos.Krum, f: 1}]
 
 config keys (recipe YAML keys, or key=value overrides; later wins):
 """
@@ -35,6 +38,20 @@ config keys (recipe YAML keys, or key=value overrides; later wins):
 """
 
 
+def _recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str) -> None:
+    parser.add_argument("recipe", help=recipe_help)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="PKG",
+        help="import your package before set-up, on every rank (repeatable; or FL_IMPORT=pkg1,pkg2): where the "
+        "parts, tasks and callbacks your recipe names with _component_ live, if not under the working directory",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl", description="Federated fine-tuning of language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -45,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("recipe", help="recipe YAML (see recipes/)")
-    run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    _recipe_arguments(run, "recipe YAML (see recipes/)")
     pre = sub.add_parser(
         "pretrain-teacher",
         help="fine-tune the FedKDLoRA teacher on the public slice",
@@ -59,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=PRETRAIN_EPILOG + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pre.add_argument("recipe", help="recipe YAML (e.g. recipes/fedkdlora.yaml)")
-    pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    _recipe_arguments(pre, "recipe YAML (e.g. recipes/fedkdlora.yaml)")
     cmp = sub.add_parser(
         "compare",
         help="runs side by side: one figure and a table",
@@ -108,8 +123,24 @@ def _load_config(recipe: str, overrides: list[str]) -> Config:
         raise
 
 
+def split_imports(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the packages of every `--import PKG` / `--import=PKG`, the other arguments): the option may
+    stand anywhere among the key=value overrides, which argparse alone does not allow."""
+    imports, rest, it = [], [], iter(argv)
+    for arg in it:
+        if arg == "--import":
+            imports.append(next(it, ""))
+        elif arg.startswith("--import="):
+            imports.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return imports, rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    imports, rest = split_imports(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(rest)
+    args.imports = [*getattr(args, "imports", []), *imports]
     if args.command is None:
         build_parser().print_help()
         return 2
@@ -125,13 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"exported to {export(args.run, args.merge, args.out)}")
             return 0
+        if getattr(args, "imports", None):  # every rank parses the same argv: each imports the same packages
+            os.environ[IMPORT_ENV] = ",".join([*filter(None, os.environ.get(IMPORT_ENV, "").split(",")), *args.imports])
+        import_user_modules()  # FL_IMPORT's packages, the working directory importable
         cfg = _load_config(args.recipe, args.overrides)
         if args.command == "pretrain-teacher":
             from fl.pretrain import pretrain_teacher  # heavy imports only once the config is good
 
             pretrain_teacher(cfg)
         else:
-            from fl.run import run
+            from fl.job import run
 
             run(cfg)
     except ConfigError as err:
@@ -139,11 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not err.quiet and _is_main_process():
             print(f"error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # a job stopped part-way: one clear line from rank 0, not a traceback
-        from fl.run import RunStopped
-
-        if not isinstance(err, RunStopped):
-            raise
+    except RunStopped as err:  # a job stopped part-way: one clear line from rank 0, not a traceback
         if _is_main_process():
             print(f"error: {err}", file=sys.stderr)
         return 1

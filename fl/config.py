@@ -10,16 +10,16 @@ message that names the key and the fix. Parsing recipes and `key=value` override
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl.fields import ConfigError, check_field, parse_fault, parse_ranks
+from fl.components import short_name
+from fl.fields import ConfigError, check_field, check_type, parse_ranks
 from fl.fields import config_field as _f
 from fl.rules import CrossKeyRules
 
-__all__ = ["Config", "ConfigError", "parse_fault", "parse_ranks"]
+__all__ = ["Config", "ConfigError", "parse_ranks"]
 
 SCHEMES = ("fedavg", "fedlora", "fedkdlora")
 KD_PLACEMENTS = ("server", "clients")
@@ -40,10 +40,11 @@ BIG = 1_000_000_000  # upper bound of counts that only need to be "large"
 class Config(CrossKeyRules):
     # what runs
     scheme: str = _f("fedlora", "fedavg: full fine-tuning; fedlora: LoRA + head; fedkdlora: LoRA + a teacher", SCHEMES)
-    task: str = _f(
+    task: str | dict = _f(
         "rotten_tomatoes",
         "dataset: the embedded Rotten Tomatoes sentences, GLUE SST-2 / CoLA, the embedded Shakespeare plays "
-        "(causal_lm), your own files (csv), or any hub dataset (hf)",
+        "(causal_lm), your own files (csv), or any hub dataset (hf); or your own task as a component "
+        "({_component_: my_tasks.MyTask, ...}: docs/extending.md)",
         TASKS,
     )
     task_kind: str = _f(
@@ -345,6 +346,15 @@ class Config(CrossKeyRules):
     output_dir: str = _f("results", "folder that receives <run_name>/")
     run_name: str | None = _f(None, "subfolder of output_dir; unset: <scheme>-<task>-seed<seed>")
     save_model: bool = _f(True, "save the final global model (adapter/ or model/)")
+    # your own components (fl.components: `_component_` mappings or dotted paths; docs/extending.md)
+    parts: list = _f(
+        [],
+        "algorithm parts after the built-in ones, e.g. [{_component_: my_algos.Krum, f: 1}]; a part that is an "
+        "fl Aggregator replaces the mean",
+    )
+    callbacks: list = _f(
+        [], "rank 0's callbacks, e.g. [{_component_: early_stopping, metric: test_accuracy, patience: 2}]"
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -353,44 +363,27 @@ class Config(CrossKeyRules):
     def validate(self) -> None:
         """Check every field by its kind, then the rules that join keys; raise ConfigError naming the key."""
         for f in dataclasses.fields(self):
-            check_field(f.name, getattr(self, f.name), f.metadata)
-        self.server_beta_pair()
-        if self.fault_inject is not None:
-            parse_fault(self.fault_inject)
-        if self.scheme == "fedkdlora" and not self.teacher_ckpt:
-            raise ConfigError(
-                "scheme=fedkdlora needs teacher_ckpt=<folder>; make one with `fl pretrain-teacher <recipe>`"
-            )
-        if self.scheme == "fedkdlora" and self.teacher_data_pct <= 0:
-            raise ConfigError("scheme=fedkdlora needs a public slice: set teacher_data_pct > 0 (e.g. 20)")
-        if self.task == "csv" and not (self.train_file and self.test_file):
-            raise ConfigError("task=csv needs train_file=<path> and test_file=<path>")
-        if self.task == "hf" and not self.dataset:
-            raise ConfigError("task=hf needs dataset=<hub name> (and text_column, label_column, test_split)")
-        if self.clients_per_round is not None and self.clients_per_round > self.num_clients:
-            raise ConfigError(
-                f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}; "
-                "sample at most every client"
-            )
+            value = check_type(f.name, getattr(self, f.name), str(f.type))
+            setattr(self, f.name, value)
+            if not (f.name == "task" and isinstance(value, dict)):  # a task component has no choices
+                check_field(f.name, value, f.metadata)
+        self.check_components()
+        self.check_single_keys()
         self.check_lora_aggregation()
         self.check_privacy()
         self.check_task_kind()
         self.check_ranks_per_client()
         self.check_parallel_clients()
-        for key in ("model", "teacher_model", "output_dir", "text_column", "label_column"):
-            if not str(getattr(self, key)).strip():
-                raise ConfigError(f"{key} is empty; give a value (see `fl run --help`)")
-        if self.run_name is not None and (
-            not re.fullmatch(r"[A-Za-z0-9._-]+", self.run_name) or self.run_name.startswith(".")
-        ):
-            raise ConfigError(
-                f"run_name={self.run_name!r} may hold only letters, digits, '.', '_' and '-', and not start with '.'"
-            )
 
     # ---- derived ----------------------------------------------------------------------------
     @property
+    def task_name(self) -> str:
+        """The task's name: a built-in source, or a task component's class name."""
+        return self.task if isinstance(self.task, str) else short_name(self.task)
+
+    @property
     def resolved_run_name(self) -> str:
-        return self.run_name or f"{self.scheme}-{self.task}-seed{self.seed}"
+        return self.run_name or f"{self.scheme}-{self.task_name}-seed{self.seed}"
 
     @property
     def run_dir(self) -> Path:

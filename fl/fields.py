@@ -10,16 +10,9 @@ import re
 from dataclasses import field
 from typing import Any
 
+from fl.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A bad recipe, key, value or input file; the message names the problem and the fix.
-
-    `quiet=True` marks a copy of an error that another rank already printed.
-    """
-
-    def __init__(self, message: str, quiet: bool = False):
-        super().__init__(message)
-        self.quiet = quiet
+__all__ = ["ConfigError", "check_field", "config_field", "parse_fault", "parse_ranks"]
 
 
 def config_field(
@@ -33,7 +26,44 @@ def config_field(
     open_hi: bool = False,
 ) -> Any:
     meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "open_lo": open_lo, "open_hi": open_hi}
+    if isinstance(default, list):  # component lists (parts, callbacks): a fresh list per config
+        return field(default_factory=list, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def unknown_key_message(key: str, known: list[str]) -> str:
+    """`unknown config key 'lrr'; did you mean lr, ...?` (the close matches, else where to look)."""
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `fl run --help`"
+    return f"unknown config key {key!r}{hint}"
+
+
+_PY_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
+
+
+def check_type(name: str, value: Any, annotation: str) -> Any:
+    """`value` as the field's declared type (`'float'`, `'int | None'`, `'str | dict'`, ...): an int
+    where a float is due becomes a float; anything else of another type is refused with one line
+    (a string such as lr='1e-3' is not parsed here: recipes and key=value overrides are, in `fl.recipe`)."""
+    names = [t.strip() for t in annotation.split("|")]
+    if value is None and "None" in names:
+        return None
+    allowed = [_PY_TYPES[t] for t in names if t in _PY_TYPES]
+    if "float" in names and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and bool not in allowed:  # bool is an int to Python, not to a config
+        ok = False
+    else:
+        ok = any(isinstance(value, t) for t in allowed)
+    if not ok:
+        want = " or ".join(t for t in names if t != "None")
+        raise ConfigError(
+            f"{name}={value!r} is a {type(value).__name__}, not a {want}; pass a {want} "
+            "(recipes and key=value overrides convert text for you)"
+        )
+    return value
 
 
 def range_text(meta: dict) -> str:

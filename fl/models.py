@@ -115,6 +115,11 @@ class ModelSpec:
     lora: LoraSpec | None
     dropout: float | None = None  # model_dropout: every dropout rate of the base model (None: the checkpoint's)
 
+    @property
+    def adapter(self) -> LoraSpec | None:
+        """The adapter that trains (only it and the head travel), or None when every weight trains."""
+        return self.lora
+
     @classmethod
     def from_config(cls, cfg: Config, lora: bool, freeze_a: bool = False) -> ModelSpec:
         spec = LoraSpec(
@@ -193,14 +198,33 @@ class ServerModel:
     """Rank 0's stand-in for a LoRA model it neither trains nor scores (a torchrun job's aggregator):
     the trainable state by name and the parameter counts, as rank 1 built them. The base weights,
     transformers' modeling code and peft stay off rank 0 until the final export builds the model.
-    `get_trainable_state`, `set_trainable_state` and `count_parameters` take it like a model."""
+    `get_trainable_state`, `set_trainable_state`, `count_parameters` and `adapter_layout` take it like a
+    model (`layout`: rank 1's `adapter_layout`, its tensors on this rank's device)."""
 
-    def __init__(self, state: dict[str, torch.Tensor], trainable: int, total: int):
-        self.state, self.counts = state, (trainable, total)
+    def __init__(self, state: dict[str, torch.Tensor], trainable: int, total: int, layout: Any = None):
+        self.state, self.counts, self.layout = state, (trainable, total), layout
+
+
+def adapter_layout(model: Any) -> tuple[dict[str, torch.Tensor], float] | None:
+    """(every adapter tensor by peft's key, frozen ones too; the LoRA scale alpha / r) of a peft model
+    or a `ServerModel`; None for a model without adapters."""
+    if isinstance(model, ServerModel):
+        return model.layout
+    if not is_peft(model):
+        return None
+    from peft import get_peft_model_state_dict
+
+    cfg = next(iter(model.peft_config.values()))
+    return dict(get_peft_model_state_dict(model)), cfg.lora_alpha / cfg.r
 
 
 def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config")
+
+
+def default_export_name(model: nn.Module) -> str:
+    """The final model's folder: adapter/ for a peft model, model/ for a whole one."""
+    return "adapter" if is_peft(model) else "model"
 
 
 def get_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

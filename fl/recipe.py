@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from fl.config import Config, ConfigError
-from fl.fields import range_text
+from fl.fields import range_text, unknown_key_message
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -25,6 +25,8 @@ def _coerce(key: str, raw: Any, type_str: str) -> Any:
     """Turn a YAML value or override string into the field's type, or raise ConfigError."""
     optional = "None" in type_str
     base = type_str.replace("| None", "").replace("None |", "").strip()
+    if base in ("list", "str | dict"):  # components: YAML structures (a key=value override is read as YAML)
+        return _component_value(key, raw, base)
     if isinstance(raw, str) and raw.strip().lower() in _NONE and optional:
         return None
     if raw is None:
@@ -60,6 +62,22 @@ def _coerce(key: str, raw: Any, type_str: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {type_str}")  # pragma: no cover
 
 
+def _component_value(key: str, raw: Any, base: str) -> Any:
+    if isinstance(raw, str) and raw.strip()[:1] in ("[", "{"):
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            hint = f"{key}=[{{_component_: my_module.MyPart}}]"
+            raise ConfigError(f"{key}={raw!r} is not valid YAML; e.g. {hint}") from None
+    if base == "list":
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            raise ConfigError(f"{key} must be a list of components, e.g. [{{_component_: my_module.MyPart, arg: 1}}]")
+        return raw
+    return raw if isinstance(raw, dict) else str(raw)
+
+
 def field_types() -> dict[str, str]:
     """Field name -> annotation string, e.g. {'lr': 'float', 'data_dir': 'str | None'}."""
     return {f.name: str(f.type) for f in dataclasses.fields(Config)}
@@ -70,12 +88,7 @@ def build_config(values: dict[str, Any]) -> Config:
     types = field_types()
     unknown = [k for k in values if k not in types]
     if unknown:
-        import difflib
-
-        key = unknown[0]
-        close = difflib.get_close_matches(key, types, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `fl run --help`"
-        raise ConfigError(f"unknown config key {key!r}{hint}")
+        raise ConfigError(unknown_key_message(unknown[0], list(types)))
     kwargs = {k: _coerce(k, v, types[k]) for k, v in values.items()}
     return Config(**kwargs)
 

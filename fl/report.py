@@ -29,7 +29,6 @@ from rich.table import Table
 from rich.text import Text
 
 from fl.rundir import atomic_write_json
-from fl.tracking import open_tracker
 
 COLUMNS = ("test_accuracy", "test_mcc", "test_f1")  # the task's record keys shown per round (classification's)
 
@@ -106,7 +105,6 @@ class Reporter:
         self.progress: Progress | None = None
         self._round_task = self._step_task = None
         self.doc: dict[str, Any] = {}
-        self.tracker: Any = None  # fl.tracking: TensorBoard / W&B, on rank 0
 
     # ---- lines and tables --------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -164,9 +162,6 @@ class Reporter:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        if self.tracker is not None:
-            self.tracker.close()
-            self.tracker = None
 
     # ---- results -----------------------------------------------------------------------------
     def begin(self, config: dict[str, Any], env: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -178,8 +173,6 @@ class Reporter:
             return
         self.doc["rounds"].append(rec)
         self.save()
-        if self.tracker is not None:
-            self.tracker.log(rec)
         if self.progress is not None and rec["round"] > 0:
             seen, busy = rec.get("examples_trained"), rec.get("time_train_s")
             rate = seen / busy if seen and busy else None
@@ -226,7 +219,8 @@ def begin_run(reporter: Reporter, cfg: Any, s: Any, payload: int, first_round: i
         reporter.log(f"layout: {line}")
     trainable, total = count_parameters(s.model)
     reporter.log(
-        f"{cfg.scheme} on {cfg.task}: {len(s.task.train)} train ({s.public_size} public), {len(s.task.test)} test; "
+        f"{cfg.scheme} on {cfg.task_name}: {len(s.task.train)} train ({s.public_size} public), "
+        f"{len(s.task.test)} test; "
         f"model {s.model_path} ({trainable:,} of {total:,} parameters train, {payload:,} bytes travel); "
         f"{rt.world_size} process(es), device {rt.device}, {how}"
     )
@@ -249,5 +243,3 @@ def begin_run(reporter: Reporter, cfg: Any, s: Any, payload: int, first_round: i
     })  # fmt: skip
     if any((getattr(s.task, "notes", {}).get("skipped_rows") or {}).values()):
         reporter.log(f"rows left out (prompt longer than max_length): {s.task.notes['skipped_rows']}")
-    if rt.is_main:
-        reporter.tracker = open_tracker(cfg.log_to, cfg.run_dir, cfg.to_dict())

@@ -5,7 +5,11 @@
 
 from __future__ import annotations
 
-from fl.fields import ConfigError, parse_ranks
+import dataclasses
+import re
+from typing import Any
+
+from fl.fields import ConfigError, parse_fault, parse_ranks, unknown_key_message
 
 
 class CrossKeyRules:
@@ -31,6 +35,66 @@ class CrossKeyRules:
     batch_size: int
     parallel_clients: int
     precision: str
+    parts: list
+    callbacks: list
+
+    teacher_ckpt: str | None
+    teacher_data_pct: float
+    train_file: str | None
+    test_file: str | None
+    dataset: str | None
+    clients_per_round: int | None
+    fault_inject: str | None
+    run_name: str | None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Config(lrr=1): a ConfigError that suggests the close keys, not the dataclass's TypeError
+        known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            raise ConfigError(unknown_key_message(unknown[0], known))
+        return super().__new__(cls)
+
+    def check_single_keys(self) -> None:
+        """The rules that a key's kind cannot say: syntax, a key another one requires, an empty name."""
+        self.server_beta_pair()
+        if self.fault_inject is not None:
+            parse_fault(self.fault_inject)
+        if self.scheme == "fedkdlora" and not self.teacher_ckpt:
+            raise ConfigError(
+                "scheme=fedkdlora needs teacher_ckpt=<folder>; make one with `fl pretrain-teacher <recipe>`"
+            )
+        if self.scheme == "fedkdlora" and self.teacher_data_pct <= 0:
+            raise ConfigError("scheme=fedkdlora needs a public slice: set teacher_data_pct > 0 (e.g. 20)")
+        if self.task == "csv" and not (self.train_file and self.test_file):
+            raise ConfigError("task=csv needs train_file=<path> and test_file=<path>")
+        if self.task == "hf" and not self.dataset:
+            raise ConfigError("task=hf needs dataset=<hub name> (and text_column, label_column, test_split)")
+        if self.clients_per_round is not None and self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}; "
+                "sample at most every client"
+            )
+        for key in ("model", "teacher_model", "output_dir", "text_column", "label_column"):
+            if not str(getattr(self, key)).strip():
+                raise ConfigError(f"{key} is empty; give a value (see `fl run --help`)")
+        if self.run_name is not None and (
+            not re.fullmatch(r"[A-Za-z0-9._-]+", self.run_name) or self.run_name.startswith(".")
+        ):
+            raise ConfigError(
+                f"run_name={self.run_name!r} may hold only letters, digits, '.', '_' and '-', and not start with '.'"
+            )
+
+    def check_components(self) -> None:
+        """Each component named in the config imports and takes its arguments (it is built later, on
+        every rank, in set-up): a bad path or argument stops the run here, naming the key."""
+        from fl.components import validate
+
+        for key in ("parts", "callbacks"):
+            for i, spec in enumerate(getattr(self, key)):
+                validate(spec, f"{key}[{i}]")
+        if isinstance(self.task, dict):
+            validate(self.task, "task")
 
     def check_lora_aggregation(self) -> None:
         mode = self.lora_aggregation

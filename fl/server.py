@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from fl import comm, models
-from fl.checkpoint import save_checkpoint
+from fl.callbacks import CallbackList
+from fl.checkpoint import pack_state, save_checkpoint
 from fl.config import Config
 from fl.memory import peak_memory, trim_heap
 from fl.message import Message
@@ -34,9 +35,10 @@ from fl.transport import Uplink, send_down
 class Federation:
     """The round loop of one run; every rank builds one, rank 0 records."""
 
-    def __init__(self, cfg: Config, s: Setup, first_round: int, records: list[dict]):
+    def __init__(self, cfg: Config, s: Setup, first_round: int, records: list[dict], callbacks: CallbackList):
+        """`callbacks`: rank 0's (empty elsewhere; `callbacks.stops` is the same on every rank)."""
         self.cfg, self.s, self.rt, self.strategy, self.task = cfg, s, s.rt, s.strategy, s.task
-        self.first_round, self.records = first_round, records
+        self.first_round, self.records, self.callbacks = first_round, records, callbacks
         self.reporter = Reporter(cfg.run_dir / "results.json", enabled=s.rt.is_main, columns=s.task.columns)
         self.global_state = models.snapshot(models.get_trainable_state(s.model))
         self.progress: dict[str, Any] = {"round": first_round, "checkpoint": s.resumed_from}
@@ -50,17 +52,21 @@ class Federation:
         self.reporter.doc["rounds"] = self.records
         self.start()
         for r in range(self.first_round, self.cfg.rounds + 1):
-            self.progress["round"] = r
-            if self.over_budget(r):
+            plan = self.strategy.plan_round(r)
+            if plan.stop is not None:  # a part's reason (DP's budget): stop before the round
+                self.stop_early(r - 1, plan.stop, f"stopping before round {r}")
                 break
-            self.play_round(r)
+            record = self.play_round(plan)
+            if self.callback_stop(record):
+                break
         return self.finish()
 
-    def play_round(self, r: int) -> None:
-        """One round, as the module docstring draws it."""
+    def play_round(self, plan: RoundPlan) -> dict[str, Any]:
+        """One round, as the module docstring draws it; returns its record (rank 0's)."""
+        r = self.progress["round"] = plan.round
         self.s.faults.at_round_start(self.rt.rank, r)  # test-only: this process may die here
         t0 = time.perf_counter()
-        plan = self.strategy.plan_round(r)
+        self.callbacks.round_begin(r)
         template = self.strategy.upload_template(self.global_state, plan)
         upload, train_s = self.train_clients(plan, template)
         wait_s = comm.barrier(self.rt)  # rank 0 waits here while the client ranks train
@@ -76,22 +82,29 @@ class Federation:
         )  # fmt: skip
         self.evaluate(record, train_s, wait_s, t0)
         self.checkpoint(r)
+        return record
 
-    def over_budget(self, r: int) -> bool:
-        """A part's reason to stop before round r (DP's budget): stop cleanly, with the last finished
-        round checkpointed and the model exported. Every rank decides alike."""
-        if (reason := self.strategy.stop_before(r)) is None:
-            return False
-        self.reporter.log(f"stopping before round {r}: {reason}")
+    def callback_stop(self, record: dict[str, Any]) -> bool:
+        """Rank 0's callbacks end the round; a stop they ask for reaches every rank (one broadcast, made
+        only when the run has callbacks) and ends the run cleanly after this round."""
+        reason = self.callbacks.round_end(record) if self.rt.is_main else None
+        if self.callbacks.stops and (reason := comm.broadcast_object(self.rt, reason)) is not None:  # type: ignore[assignment]
+            self.stop_early(record["round"], str(reason), "stopping")
+            return True
+        return False
+
+    def stop_early(self, last: int, reason: str, what: str) -> None:
+        """Stop cleanly: the last finished round checkpointed, the model exported. Every rank alike."""
+        self.reporter.log(f"{what}: {reason}")
         self.reporter.doc["stopped_early"] = reason
-        if r > 1:
-            self.checkpoint(r - 1, force=True)
-        return True
+        if last >= 1:
+            self.checkpoint(last, force=True)
 
     # ---- steps ------------------------------------------------------------------------------
     def start(self) -> None:
         """Send the global state down (and, on resume, every client's own state); score round 0."""
         t0 = time.perf_counter()
+        self.callbacks.begin(self.reporter.doc["rounds"], self.first_round)
         down = self.send_down(self.first_round, {})
         if self.s.resumed_from:
             self.scatter_client_state()
@@ -179,7 +192,9 @@ class Federation:
             examples_per_rank={str(k): int(got.scalars[f"rank{k}.examples"]) for k in ranks},
         )
         record["time_s"] = time.perf_counter() - t0 if t0 is not None else 0.0
+        record.update(self.callbacks.evaluate(record))
         self.reporter.record(record)
+        self.callbacks.log(record)
 
     def checkpoint(self, r: int, force: bool = False) -> None:
         """Every piece of state that the next round needs, when one is due (rank 0 writes)."""
@@ -191,12 +206,10 @@ class Federation:
         clients = self.gather_client_state()
         if not self.rt.is_main:
             return
-        tensors = {f"global.{k}": v for k, v in self.global_state.items()}
         server, extra = self.strategy.state()
-        tensors.update({f"server.{k}": v for k, v in server.items()})
-        for c, msg in clients.items():
-            tensors.update({f"client.{c}.{p}.{k}": v for p, part in msg.parts.items() for k, v in part.items()})
-        meta = {"config": cfg.to_dict(), "records": self.reporter.doc["rounds"], "parts": extra}
+        tensors = pack_state(self.global_state, server, {c: msg.parts for c, msg in clients.items()})
+        names = [p.name for p in self.strategy.parts]
+        meta = {"config": cfg.to_dict(), "records": self.reporter.doc["rounds"], "parts": extra, "part_names": names}
         path = save_checkpoint(cfg.run_dir, r, tensors, meta, cfg.keep_checkpoints, self.written)
         self.progress["checkpoint"] = str(path)
 
@@ -230,8 +243,8 @@ class Federation:
         self.reporter.doc["startup_per_rank"] = [t for _, t in got]  # type: ignore[union-attr]
         if self.cfg.save_model:
             model, tokenizer = self.s.final_model(self.global_state)
-            self.strategy.save(self.cfg.run_dir, model, tokenizer)
-            model, name = self.strategy.export(model, "adapter" if models.is_peft(model) else "model")
+            model, name = self.strategy.export(self.cfg.run_dir, model, tokenizer, models.default_export_name(model))
             path = save_pretrained_atomic(model, tokenizer, self.cfg.run_dir / name)
+            self.reporter.doc["model_saved"] = str(path)
             self.reporter.log(f"final global model saved to {path}")
         return self.reporter.doc

@@ -1,7 +1,8 @@
-"""Set-up of one run on every rank: the task and its data, the placement, the shards, the model,
-the strategy with its parts (the KD teacher on rank 0), the client runner; and rank 0's restore of
-a checkpoint. Built identically (same seeds) on every rank, and before anything is written; a
-model-free rank 0 loads neither model nor data and receives rank 1's (`share_server_model`).
+"""Set-up of one run on every rank: the strategy with its parts, the task and its data, the
+placement, the shards, the model, what each part declared it needs (`Part.setup`), the client
+runner; and rank 0's restore of a checkpoint. Built identically (same seeds) on every rank, and
+before anything is written; a model-free rank 0 loads neither model nor data and receives rank 1's
+(`share_server_model`). Nothing here names an algorithm: parts declare what they need.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,15 @@ from typing import Any
 import torch
 
 from fl import comm, models
-from fl.checkpoint import load_checkpoint, split_prefix
+from fl.checkpoint import load_checkpoint, unpack_state
 from fl.client import BatchedRunner, DataParallelRunner, SequentialRunner
 from fl.comm import Runtime
 from fl.config import Config, ConfigError
 from fl.faults import Faults
-from fl.kd.part import Distillation
-from fl.kd.teacher import TeacherServer
 from fl.message import Message
 from fl.partition import natural, partition, public_split
 from fl.placement import Placement
-from fl.strategies import LORA_SCHEMES, LoraAggregator, Strategy, build_strategy
+from fl.strategies import Part, SetupContext, Strategy, build_strategy, model_spec
 from fl.tasks import Task, build_task
 from fl.train import LocalSchedule
 
@@ -108,45 +107,46 @@ def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
     return len(public), [[private.start + i for i in shard] for shard in local]
 
 
-def prepare(cfg: Config, rt: Runtime) -> Setup:
-    """Load data, split it, build the model, the strategy and the runner (and, on rank 0, the
-    teacher); a model-free rank 0 builds only its strategy and runner, and gets task, shards and
-    model from rank 1 (`share_server_model`). Raises ConfigError before anything is written.
-    `Setup.timings` says where the time went."""
+def prepare(cfg: Config, rt: Runtime, parts: Sequence[Part] = (), task: Task | None = None) -> Setup:
+    """Build the strategy (fl's parts of the config, then the user's `parts`), load data, split it,
+    build the model, give every part what it declared it needs (`Part.setup`), build the runner. A
+    model-free rank 0 builds only its strategy and runner, and gets task, shards and model from rank 1
+    (`share_server_model`). Raises ConfigError before anything is written. `Setup.timings` says
+    where the time went."""
     clock = Clock()
     placement = Placement(rt.world_size, cfg.num_clients, cfg.ranks_per_client)
     try:
         placement.check()
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    free = rt.is_main and model_free_server(cfg, rt)  # task, shards, model: from rank 1 (share_server_model)
-    task, public_size, shards = None, 0, []
+    strategy = build_strategy(cfg, parts)
+    spec = model_spec(cfg)
+    free = rt.is_main and model_free_server(rt, spec, strategy)  # task, shards, model: from rank 1
     if not free:
-        task = build_task(cfg)
+        task = build_task(cfg, task)
         public_size, shards = split_clients(cfg, task)
+    else:
+        task, public_size, shards = None, 0, []
     clock.lap("data_s")
-    lora = cfg.scheme in LORA_SCHEMES
-    spec = models.ModelSpec.from_config(cfg, lora=lora, freeze_a=lora and cfg.lora_aggregation == "ffa")
     model, tokenizer, path = None, None, ""
     if free and cfg.save_model:
         models.resolve_model(spec.source)  # it builds the model to export it: a missing model fails now, not then
     if not free:
-        model, tokenizer, path = task.build_model(spec)
+        model, tokenizer, path = task.build_model(spec)  # type: ignore[union-attr]
         models.check_max_length(model, cfg.max_length)
         if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed by its device_map
             model.to(rt.device)
     clock.lap("model_s")
     mine = placement.clients_of(rt.rank)
-    kd_public = range(public_size) if cfg.scheme == "fedkdlora" and cfg.kd_placement == "clients" else range(0)
-    train = encode_rows(task, tokenizer, [*kd_public, *(i for c in mine for i in shards[c])]) if mine else None
+    public_rows = range(public_size) if strategy.needs_public_rows else range(0)
+    train = encode_rows(task, tokenizer, [*public_rows, *(i for c in mine for i in shards[c])]) if mine else None
     test_rows = placement.eval_rows(rt.rank, len(task.test)) if task is not None else []
     test = task.encode(tokenizer, task.test.subset(test_rows)) if test_rows else None  # only the rows it scores
     clock.lap("tokenize_s")
-    public = train.subset(range(public_size)) if train is not None and len(kd_public) else None
-    extra = [distillation(cfg, task, model, tokenizer, public_size, public, rt)] if cfg.scheme == "fedkdlora" else []
-    strategy = build_strategy(cfg, extra)
-    if (mode := strategy.part(LoraAggregator)) is not None and model is not None:  # modules, scale, FFA's A, W0
-        mode.from_model(model)
+    if not free:
+        public = train.subset(range(public_size)) if train is not None and len(public_rows) else None
+        ctx = SetupContext(cfg, task, model, tokenizer, rt.device, rt.is_main, bool(mine), public_size, public)
+        strategy.setup(ctx)
     faults = Faults.parse(cfg.fault_inject)
     faults.in_setup(rt.rank)  # test-only: this process may die here
     kind, extra_args = (SequentialRunner, {})
@@ -164,29 +164,30 @@ def prepare(cfg: Config, rt: Runtime) -> Setup:
                  spec=spec, timings=clock.laps)  # fmt: skip
 
 
-def model_free_server(cfg: Config, rt: Runtime) -> bool:
+def model_free_server(rt: Runtime, spec: models.ModelSpec, strategy: Strategy) -> bool:
     """Whether rank 0 of this job aggregates without a model or data: a torchrun job's rank 0 trains
-    and scores nothing, and FedLoRA's server needs only the adapter's state (not FedEx, whose server
-    merges into the base weights, nor FedKDLoRA, whose server distils with a teacher) and the data's
-    sizes. Every rank decides alike."""
-    return rt.distributed and rt.world_size > 1 and cfg.scheme == "fedlora" and cfg.lora_aggregation != "fedex"
+    and scores nothing, and when only an adapter trains and no part needs the model on the server
+    (`Part.needs_server_model`) it needs only the adapter's state and the data's sizes. Every rank
+    decides alike."""
+    return rt.distributed and rt.world_size > 1 and spec.adapter is not None and not strategy.needs_server_model
 
 
 def share_server_model(cfg: Config, s: Setup) -> None:
-    """Rank 1's first trainable state, parameter counts, model path and LoRA layout, and its task
+    """Rank 1's first trainable state, parameter counts, model path and adapter layout, and its task
     without rows, shards and public size, to a model-free rank 0 (a collective of every rank, after
-    set-up agreed: every rank built the same from the same seeds). Tensors travel on the CPU and land
-    on rank 0's device; the adapter is small (MiniLM r8: 0.3 MB; a 7B model's r16 q/v adapter: ~30 MB)."""
-    if not model_free_server(cfg, s.rt):
+    set-up agreed: every rank built the same from the same seeds), whose parts then set up on that.
+    Tensors travel on the CPU and land on rank 0's device; the adapter is small (MiniLM r8: 0.3 MB;
+    a 7B model's r16 q/v adapter: ~30 MB)."""
+    if not model_free_server(s.rt, s.spec, s.strategy):  # type: ignore[arg-type]
         return
     facts = None
     if s.rt.rank == 1:
-        mode = s.strategy.part(LoraAggregator)
+        layout = models.adapter_layout(s.model)
         facts = {
             "state": {k: v.detach().cpu() for k, v in models.get_trainable_state(s.model).items()},
             "counts": models.count_parameters(s.model),
             "path": s.model_path,
-            "lora": mode.layout() if mode is not None else None,
+            "layout": ({k: v.detach().cpu() for k, v in layout[0].items()}, layout[1]) if layout else None,
             "task": s.task.without_rows(),  # ~5 bytes a train row (its label), like the shards' indices
             "shards": s.shards,
             "public_size": s.public_size,
@@ -194,11 +195,13 @@ def share_server_model(cfg: Config, s: Setup) -> None:
     facts = comm.broadcast_object(s.rt, facts, src=1)
     if not s.rt.is_main:
         return
-    state = {k: v.to(s.rt.device) for k, v in facts["state"].items()}  # type: ignore[index]
-    s.model, s.model_path = models.ServerModel(state, *facts["counts"]), facts["path"]  # type: ignore[index]
+    dev = s.rt.device
+    state = {k: v.to(dev) for k, v in facts["state"].items()}  # type: ignore[index]
+    layout = facts["layout"]  # type: ignore[index]
+    layout = ({k: v.to(dev) for k, v in layout[0].items()}, layout[1]) if layout else None
+    s.model, s.model_path = models.ServerModel(state, *facts["counts"], layout=layout), facts["path"]  # type: ignore[index]
     s.task, s.shards, s.public_size = facts["task"], facts["shards"], facts["public_size"]  # type: ignore[index]
-    if (mode := s.strategy.part(LoraAggregator)) is not None:
-        mode.adopt_layout(facts["lora"], s.rt.device)  # type: ignore[index]
+    s.strategy.setup(SetupContext(cfg, s.task, s.model, None, dev, True, False, s.public_size))
 
 
 class Clock:
@@ -230,21 +233,6 @@ def encode_rows(task: Task, tokenizer: Any, rows: list[int]) -> Rows:
     return Rows(task.encode(tokenizer, task.train.subset(index)), index)
 
 
-def distillation(
-    cfg: Config, task: Task, model: torch.nn.Module, tokenizer: Any, public_size: int, public: Any, rt: Runtime
-) -> Distillation:
-    """FedKDLoRA's part: the teacher on rank 0, the public rows (student tokenization) on client ranks."""
-    teacher = TeacherServer.load(cfg, task, public_size, tokenizer, rt.device) if rt.is_main else None
-    on_clients = cfg.kd_placement == "clients"
-    if on_clients and public is None:  # the student's tokenization of the public slice: what the logits travel for
-        public = teacher.public_s  # type: ignore[union-attr]
-    cut = models.ModelSpec.from_config(cfg, lora=False) if cfg.student_layers else None
-    return Distillation(
-        task, model, on_clients, public_size, cfg.kd_public_examples, cfg.seed, cfg.rounds, cfg.kd_alpha,
-        cfg.kd_temperature, public, teacher, cut, train_here=bool(rt.world_size == 1 or not rt.is_main),
-    )  # fmt: skip
-
-
 def restore(cfg: Config, s: Setup, path: Path | None) -> tuple[int, list[dict[str, Any]]]:
     """Rank 0: load checkpoint `path` into the model and the strategy's parts (every client's own
     state too), every tensor onto this rank's device. Returns (first round to run, records so
@@ -258,18 +246,19 @@ def restore(cfg: Config, s: Setup, path: Path | None) -> tuple[int, list[dict[st
             f"checkpoint {str(path)!r} has finished round {meta['round']} and rounds={cfg.rounds}; "
             f"raise rounds to continue, or start a new run"
         )
+    names = [p.name for p in s.strategy.parts]
+    if meta.get("part_names", names) != names:
+        raise ConfigError(
+            f"checkpoint {str(path)!r} was written by the parts {meta['part_names']}, this run has {names}; "
+            "resume with the same parts"
+        )
+    global_state, server, clients = unpack_state(tensors)
     try:
-        models.set_trainable_state(s.model, {k: v.to(device) for k, v in split_prefix(tensors, "global").items()})
-        s.strategy.load_state(split_prefix(tensors, "server"), meta.get("parts", {}), device)
-        clients = split_prefix(tensors, "client")
-        for c in range(cfg.num_clients):
-            mine = {k: v.to(device) for k, v in split_prefix(clients, str(c)).items()}
-            parts: dict[str, dict[str, torch.Tensor]] = {}
-            for k, v in mine.items():
-                part, name = k.split(".", 1)
-                parts.setdefault(part, {})[name] = v
-            if parts:
-                s.strategy.load_client_state(c, Message(parts))
+        models.set_trainable_state(s.model, {k: v.to(device) for k, v in global_state.items()})
+        s.strategy.load_state(server, meta.get("parts", {}), device)
+        for c, parts in sorted(clients.items()):
+            moved = {p: {k: v.to(device) for k, v in t.items()} for p, t in parts.items()}
+            s.strategy.load_client_state(c, Message(moved))
     except ValueError as err:
         raise ConfigError(f"checkpoint {str(path)!r} does not fit this model ({err}); resume with its model") from None
     s.resumed_from = str(path)

@@ -1,23 +1,19 @@
-"""Experiment tracking on rank 0: every per-round record (and each client's train loss) as scalars,
-to TensorBoard (`log_to=tensorboard`, with torch.utils.tensorboard) or Weights & Biases
-(`log_to=wandb`, offline mode respected through WANDB_MODE). Off by default.
+"""Experiment tracking on rank 0, as callbacks (`fl.callbacks`): every per-round record (and each
+client's train loss) as scalars, to TensorBoard (`log_to=tensorboard`, with
+torch.utils.tensorboard) or Weights & Biases (`log_to=wandb`, offline mode respected through
+WANDB_MODE). Off by default; `callbacks: [{_component_: tensorboard}]` is the same as log_to.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
+from fl.callbacks import Callback, RunInfo
 from fl.config import ConfigError
 
 SKIP = {"round"}  # the step, not a scalar
-
-
-class Tracker(Protocol):
-    def log(self, record: dict[str, Any]) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -35,51 +31,64 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class TensorBoard:
+class TensorBoard(Callback):
     """Event files under <run_dir>/tensorboard (open with `tensorboard --logdir <run_dir>`)."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                "log_to=tensorboard needs the tensorboard package; run `pip install tensorboard` (or fl[tensorboard])"
-            ) from None
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    def __init__(self) -> None:
+        check_available("tensorboard")
+        self.writer: Any = None
+
+    def on_train_begin(self, run: RunInfo) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(log_dir=str(run.run_dir / "tensorboard"))
+        config = run.config.to_dict()
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(config.items())), 0)
 
-    def log(self, record: dict[str, Any]) -> None:
-        for key, value in scalars(record).items():
+    def on_log(self, run: RunInfo, record: Mapping[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in scalars(dict(record)).items():
             self.writer.add_scalar(key, value, record["round"])
         self.writer.flush()
 
-    def close(self) -> None:
-        self.writer.close()
+    def on_train_end(self, run: RunInfo, doc: Mapping[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
-class Wandb:
+class Wandb(Callback):
     """One W&B run per fl run, in <run_dir>/wandb; WANDB_MODE=offline keeps it on disk."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]):
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError("log_to=wandb needs the wandb package; run `pip install wandb` (or fl[wandb])") from None
-        self.run = wandb.init(project="fl", name=run_dir.name, dir=str(run_dir), config=config, reinit=True)
+    def __init__(self, project: str = "fl") -> None:
+        check_available("wandb")
+        self.project = project
+        self.run: Any = None
 
-    def log(self, record: dict[str, Any]) -> None:
-        self.run.log(scalars(record), step=record["round"])
+    def on_train_begin(self, run: RunInfo) -> None:
+        import wandb
 
-    def close(self) -> None:
-        self.run.finish()
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        name, config = run.run_dir.name, run.config.to_dict()
+        self.run = wandb.init(project=self.project, name=name, dir=str(run.run_dir), config=config, reinit=True)
+
+    def on_log(self, run: RunInfo, record: Mapping[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(scalars(dict(record)), step=record["round"])
+
+    def on_train_end(self, run: RunInfo, doc: Mapping[str, Any]) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
 
 
-def open_tracker(kind: str, run_dir: Path, config: dict[str, Any]) -> Tracker | None:
-    """The tracker `log_to` names (None for none); a missing package is a one-line ConfigError."""
+def tracker(kind: str) -> Callback | None:
+    """The tracker callback `log_to` names (None for none); a missing package is a one-line ConfigError."""
     if kind == "none":
         return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return TensorBoard(run_dir, config) if kind == "tensorboard" else Wandb(run_dir, config)
+    return TensorBoard() if kind == "tensorboard" else Wandb()
 
 
 def check_available(kind: str) -> None:

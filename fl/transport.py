@@ -2,10 +2,12 @@
 of three ways the strategy decides. Every byte crosses through `fl.comm`.
 
 - summed: each rank adds its clients' messages into one, and one (bucketed) reduce sums the ranks';
-- gathered (median, trimmed mean): rank 0 gathers every client's own message and forms the sums;
-- compressed (`update_compression`): each client's message is encoded on its rank, rank 0 gathers
-  the payloads and decodes them, in client order, before summing (the same arithmetic with or
-  without torchrun). Down, after the first full broadcast, the global state's change is encoded.
+- gathered (a part that `gathers`: a robust aggregator, the LoRA error): rank 0 gathers every
+  client's own message and forms the sums;
+- encoded (the part that `encodes_wire`, e.g. `update_compression`): each client's message is
+  encoded on its rank, rank 0 gathers the payloads and decodes them, in client order, before summing
+  (the same arithmetic with or without torchrun). Down, after the first full broadcast, the global
+  state's change is encoded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import torch
 from fl import comm
 from fl.message import Message
 from fl.strategies.base import RoundPlan, State
-from fl.strategies.compression import Compression
 from fl.strategies.strategy import Strategy
 
 
@@ -27,7 +28,7 @@ class Uplink:
 
     def __init__(self, strategy: Strategy, template: Message, plan: RoundPlan):
         self.strategy, self.template, self.plan = strategy, template, plan
-        self.codec: Compression | None = strategy.part(Compression)
+        self.codec: Any = strategy.codec
         self.sums = template.zeros() if not (strategy.gathers or self.codec) else None
         self.each: dict[int, Any] = {}  # client -> its message, or its encoded payload
 
@@ -40,7 +41,7 @@ class Uplink:
             self.sums.add_(msg)
 
     def collect(self, rt: comm.Runtime, owners: dict[int, int]) -> tuple[Message, dict[int, Message] | None, int]:
-        """(the summed upload on rank 0, every client's own message when the aggregator gathers, bytes moved)."""
+        """(the summed upload on rank 0, every client's own message when a part gathers, bytes moved)."""
         if self.sums is not None:
             sums, moved = comm.reduce_sum(rt, self.sums)
             return sums, None, moved
@@ -63,7 +64,7 @@ def send_down(
     """Rank 0's global state and what the parts send with it, to every rank; (the global state every
     rank now holds, bytes moved, seconds)."""
     msg = strategy.downlink(global_state, next_round, record)
-    codec: Compression | None = strategy.part(Compression)
+    codec: Any = strategy.codec
     t0 = time.perf_counter()
     if codec is None or codec.last_sent is None:  # the first broadcast (and after a resume) is whole
         msg, moved = comm.broadcast(rt, msg)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fl.job import run_document as run
 from fl.recipe import load_config
-from fl.run import run
 from fl.strategies.strategy import sample_clients
 from tests.test_server import RECIPE, run_torchrun
 

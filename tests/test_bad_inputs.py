@@ -175,7 +175,7 @@ def snapshot_files(folder: Path) -> dict[str, bytes]:
 
 def prepare_run(kind: str, over: list[str]) -> None:
     """A finished 2-round run in the run folder ('finished'), with its newest checkpoint cut short ('truncated')."""
-    from fl.run import run
+    from fl.job import run_document as run
 
     run(load_config(RECIPE, [o for o in over if not o.startswith("rounds=")] + ["rounds=2"]))
     if kind == "truncated":
@@ -222,7 +222,7 @@ def test_nproc_that_cannot_host_the_clients(tiny_overrides):
 
 
 def test_resume_refuses_another_config(tmp_path, tiny_overrides, capsys):
-    from fl.run import run
+    from fl.job import run_document as run
 
     over = [o for o in tiny_overrides if not o.startswith(("rounds", "output_dir"))]
     over += ["rounds=1", f"output_dir={tmp_path}"]

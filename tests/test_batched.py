@@ -94,7 +94,7 @@ def test_stacked_adamw_is_torch_adamw_per_client():
 
 @pytest.mark.slow
 def test_batched_rounds_equal_sequential_rounds_and_torchrun(tmp_path, tiny_overrides, tiny_model_nodrop_dir):
-    from fl.run import run
+    from fl.job import run_document as run
     from tests.test_server import run_torchrun
 
     base = no_dropout(tiny_overrides, tiny_model_nodrop_dir)

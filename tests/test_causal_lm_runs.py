@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from fl.cli import main
+from fl.job import run_document as run
 from fl.recipe import load_config
-from fl.run import run
 from tests.conftest import lm_overrides
 from tests.test_server import RECIPE, run_torchrun
 

@@ -9,8 +9,8 @@ import pytest
 
 from fl.cli import main
 from fl.compare import differing_settings
+from fl.job import run_document as run
 from fl.recipe import load_config
-from fl.run import run
 from tests.test_server import RECIPE
 
 

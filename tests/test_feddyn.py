@@ -62,8 +62,8 @@ def test_feddyn_joins_the_strategy_as_one_part_and_refuses_what_it_replaces():
 
 @pytest.mark.slow
 def test_resumed_feddyn_run_is_bit_identical(tmp_path, tiny_overrides):
+    from fl.job import run_document as run
     from fl.recipe import load_config
-    from fl.run import run
     from tests.test_server import RECIPE
 
     base = [o for o in tiny_overrides if not o.startswith(("output_dir", "run_name", "rounds"))]

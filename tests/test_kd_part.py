@@ -34,8 +34,8 @@ class StubTask:
 
 
 def part(on_clients: bool, **kw) -> Distillation:
-    return Distillation(StubTask(), None, on_clients, public_size=20, per_round=8, seed=1, rounds=3, alpha=0.25,
-                        temperature=2.0, public=Rows(range(20)), **kw)  # fmt: skip
+    return Distillation(on_clients, per_round=8, seed=1, rounds=3, alpha=0.25, temperature=2.0, task=StubTask(),
+                        public_size=20, public=Rows(range(20)), **kw)  # fmt: skip
 
 
 def test_public_rows_are_seeded_per_round_and_join_the_plan():

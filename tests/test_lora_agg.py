@@ -39,14 +39,16 @@ def aggregate(mode: str, glob: dict, sent: list, frozen: dict | None = None, bas
     lora.base = dict(base or {})
     plan = s.plan_round(1)
     template = s.upload_template(glob, plan)
-    sums = template.zeros()
+    sums, each = template.zeros(), {}
     for c, (n, end) in enumerate(sent):
         start = s.client_start(c, glob)
         delta = {k: end[k] - start[k] for k in glob}
         ctx = ClientContext(c, plan, start, 0, 1, 1, torch.device("cpu"))
         parts = s.client_finish(ctx, end, TrainResult(n, 0.0, n, 1, 1.0, 1.0), model=None)
-        sums.add_(s.client_message(template, ClientUpdate(c, n, delta, loss_sum=0.0, seen=n, parts=parts), plan))
-    new, record = s.server_step(glob, sums, None, plan, load=lambda state: None)
+        each[c] = s.client_message(template, ClientUpdate(c, n, delta, loss_sum=0.0, seen=n, parts=parts), plan)
+        sums.add_(each[c])
+    # fedit / ffa measure the error from every client's own update (the strategy gathers them)
+    new, record = s.server_step(glob, sums, each if s.gathers else None, plan, load=lambda state: None)
     return lora, new, record["aggregation_error"]
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fl.job import run_document as run
 from fl.recipe import load_config
-from fl.run import run
 from tests.conftest import score
 from tests.test_server import RECIPE, run_torchrun
 

@@ -73,8 +73,8 @@ def test_epsilon_is_the_accountants_answer():
 
 @pytest.mark.slow
 def test_dp_run_records_epsilon_and_matches_torchrun(tmp_path, tiny_overrides):
+    from fl.job import run_document as run
     from fl.recipe import load_config
-    from fl.run import run
     from tests.test_server import RECIPE, run_torchrun
 
     base = [o for o in tiny_overrides if not o.startswith(("output_dir", "run_name", "num_clients"))]
@@ -103,8 +103,8 @@ def test_dp_run_records_epsilon_and_matches_torchrun(tmp_path, tiny_overrides):
 
 @pytest.mark.slow
 def test_target_epsilon_stops_cleanly_with_a_checkpoint(tmp_path, tiny_overrides):
+    from fl.job import run_document as run
     from fl.recipe import load_config
-    from fl.run import run
     from tests.test_server import RECIPE
 
     over = [o for o in tiny_overrides if not o.startswith(("output_dir", "rounds", "num_clients"))]
@@ -121,8 +121,8 @@ def test_target_epsilon_stops_cleanly_with_a_checkpoint(tmp_path, tiny_overrides
 @pytest.mark.slow
 def test_dp_with_fedavg_clips_every_weight(tmp_path, tiny_overrides):
     """Full fine-tuning under DP: the update of every weight is clipped and noised, and the run records epsilon."""
+    from fl.job import run_document as run
     from fl.recipe import load_config
-    from fl.run import run
     from tests.test_server import RECIPE
 
     over = [o for o in tiny_overrides if not o.startswith(("output_dir", "rounds"))]
@@ -143,8 +143,8 @@ def test_dp_with_the_fedkdlora_student(tmp_path, tiny_overrides, tiny_model_dir)
     """The student's adapter is clipped and noised; the teacher learns on rank 0 from the noised model and
     public rows; client-placed KD (logits leaving the clients) is refused."""
     from fl.cli import main
+    from fl.job import run_document as run
     from fl.recipe import load_config
-    from fl.run import run
     from tests.test_server import RECIPE
 
     kd_recipe = RECIPE.parent / "fedkdlora.yaml"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fl.job import run_document as run
 from fl.recipe import load_config
-from fl.run import run
 from tests.test_server import RECIPE, hand_rounds, run_torchrun
 
 TIME_KEYS = {

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from fl import comm, models
+from fl.job import run_document as run
 from fl.message import Message
 from fl.recipe import load_config
-from fl.run import run
 from fl.setup import prepare
 from fl.train import LocalSchedule, client_seed, train_local
 from tests.conftest import make_overrides, score

@@ -50,15 +50,18 @@ def test_server_model_takes_and_checks_a_state_like_a_model():
 )
 def test_which_jobs_aggregate_without_a_model(distributed, overrides, free):
     from fl.setup import model_free_server
+    from fl.strategies import build_strategy, model_spec
 
+    cfg = Config(**overrides)
+    spec, strategy = model_spec(cfg), build_strategy(cfg)
     rt = SimpleNamespace(distributed=distributed, world_size=3 if distributed else 1)
-    assert model_free_server(Config(**overrides), rt) is free
-    assert model_free_server(Config(**overrides), SimpleNamespace(distributed=True, world_size=1)) is False
+    assert model_free_server(rt, spec, strategy) is free
+    assert model_free_server(SimpleNamespace(distributed=True, world_size=1), spec, strategy) is False
 
 
 def _job(rank: int, overrides: list[str], out: str) -> None:
+    from fl.job import run_document as run
     from fl.recipe import load_config
-    from fl.run import run
 
     run(load_config(ROOT / "recipes" / "fedlora.yaml", overrides))
     loaded = [m for m in MODEL_LIBRARIES if m in sys.modules]
@@ -67,8 +70,8 @@ def _job(rank: int, overrides: list[str], out: str) -> None:
 
 @pytest.mark.slow
 def test_rank0_of_a_fedlora_job_never_loads_the_model_and_matches_the_simulation(tmp_path, tiny_overrides):
+    from fl.job import run_document as run
     from fl.recipe import load_config
-    from fl.run import run
 
     spawn(_job, 3, [*tiny_overrides, "save_model=false", "run_name=dist"], str(tmp_path))
     assert json.loads((tmp_path / "rank0.json").read_text()) == []  # no peft, no modeling code, no datasets

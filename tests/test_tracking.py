@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fl.job import run_document as run
 from fl.recipe import load_config
-from fl.run import run
 from fl.tracking import scalars
 from tests.test_server import RECIPE
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fl.job import run_document as run
 from fl.recipe import load_config
-from fl.run import run
 from tests.test_server import RECIPE, run_torchrun
 
 pytestmark = pytest.mark.slow

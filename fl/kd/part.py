@@ -26,7 +26,17 @@ from torch import nn
 from fl import models
 from fl.kd.teacher import TeacherServer
 from fl.models import ModelSpec
-from fl.strategies.base import ByteCount, ClientContext, ClientTerm, Part, RoundPlan, ServerStep, State, TrainResult
+from fl.strategies.base import (
+    ByteCount,
+    ClientContext,
+    ClientTerm,
+    Part,
+    RoundPlan,
+    ServerStep,
+    SetupContext,
+    State,
+    TrainResult,
+)
 
 
 def public_rows(seed: int, round_idx: int, public_size: int, per_round: int | None) -> list[int]:
@@ -65,24 +75,47 @@ class DistillTerm(ClientTerm):
 
 @dataclasses.dataclass
 class Distillation(Part):
-    """See the module docstring. `teacher` exists on rank 0; `public` (the student's tokenization of
-    the public slice) on ranks that host clients; `model` is this rank's student."""
+    """See the module docstring. Built from the config's scalars; `setup` adds, on every rank, the
+    task, this rank's student (`model`), the public slice (`public`: the student's tokenization, on
+    ranks that host clients) and, on rank 0, the teacher (`fl.kd.teacher.TeacherServer`)."""
 
-    task: Any
-    model: nn.Module
     on_clients: bool
-    public_size: int
     per_round: int | None
     seed: int
     rounds: int
     alpha: float
     temperature: float
+    task: Any = None
+    model: nn.Module | None = None
+    public_size: int = 0
     public: Any = None  # the public slice, student tokenization (client ranks; rank 0: the teacher's copy)
     teacher: TeacherServer | None = None
     cut: ModelSpec | None = None  # the student's base, when it is cut from the teacher (student_layers)
     train_here: bool = True  # whether this rank hosts clients (and so trains with KD)
     targets: State | None = None  # the teacher's targets of this round (every rank, from the downlink)
+    config: Any = None  # the run's config: the teacher's settings (teacher_ckpt, distill_lr, ...)
     name = "kd"
+    needs_server_model = True  # rank 0's student distils with the teacher
+
+    def __post_init__(self) -> None:
+        self.needs_public_rows = self.on_clients  # the teacher's targets are on public rows the clients encode
+
+    @classmethod
+    def from_config(cls, config: Any) -> Distillation:
+        c = config
+        return cls(c.kd_placement == "clients", c.kd_public_examples, c.seed, c.rounds, c.kd_alpha, c.kd_temperature,
+                   config=config)  # fmt: skip
+
+    def setup(self, ctx: SetupContext) -> None:
+        """The teacher on rank 0; the student's public rows on client ranks (rank 0's teacher copy in one process)."""
+        cfg = ctx.config
+        self.task, self.model, self.public_size, self.public = ctx.task, ctx.model, ctx.public_size, ctx.public
+        if ctx.is_server:
+            self.teacher = TeacherServer.load(cfg, ctx.task, ctx.public_size, ctx.tokenizer, ctx.device)
+        if self.on_clients and self.public is None:  # the student's tokenization of the public slice
+            self.public = self.teacher.public_s  # type: ignore[union-attr]
+        self.cut = ModelSpec.from_config(cfg, lora=False) if cfg.student_layers else None
+        self.train_here = ctx.hosts_clients
 
     def rows(self, round_idx: int) -> list[int]:
         return public_rows(self.seed, round_idx, self.public_size, self.per_round)
@@ -161,6 +194,7 @@ class Distillation(Part):
             counts.down[c] += down
         counts.extra["bytes_logits"] = (up + down) * len(plan.clients)
 
-    def save(self, run_dir: Path, model: nn.Module, tokenizer: Any) -> None:
-        if self.teacher is not None:
+    def export(self, run_dir: Path, model: nn.Module, tokenizer: Any) -> tuple[nn.Module, str] | None:
+        if self.teacher is not None:  # the teacher beside the student (and the student's base, when cut)
             self.teacher.save(run_dir, model, tokenizer, self.cut)
+        return None

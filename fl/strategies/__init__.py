@@ -1,12 +1,22 @@
 """Federated algorithms as parts of one strategy (`fl.strategies.base.Part`): aggregators (mean,
-robust, DP-FedAvg), server optimizers, FedProx, SCAFFOLD, FedDyn, the LoRA aggregation modes.
-FedKDLoRA's distillation is a part too, in `fl.kd`. Build a strategy with `build_strategy`."""
+robust, DP-FedAvg), server optimizers, FedProx, SCAFFOLD, FedDyn, the LoRA aggregation modes,
+compressed transport; FedKDLoRA's distillation is a part too, in `fl.kd`.
+
+The flat config keys (`prox_mu=0.1`, `aggregation=median`, ...) name built-in parts through one
+table (`builtin_parts`), and every part, fl's or a user's, is built by `fl.components.instantiate`
+from the same kind of spec. Build a strategy with `build_strategy`.
+"""
 
 from __future__ import annotations
 
-from fl.config import Config
+from collections.abc import Sequence
+from typing import Any
+
+from fl.components import instantiate
+from fl.config import Config, ConfigError
+from fl.models import ModelSpec
 from fl.strategies.aggregate import Aggregator, MeanAggregation, RobustAggregation
-from fl.strategies.base import ClientUpdate, Part, RoundPlan, State, update_problem
+from fl.strategies.base import ClientTerm, ClientUpdate, Part, RoundPlan, SetupContext, State, update_problem
 from fl.strategies.compression import Compression
 from fl.strategies.feddyn import FedDyn
 from fl.strategies.fedprox import FedProx
@@ -19,34 +29,54 @@ from fl.strategies.strategy import Strategy, round_stats
 LORA_SCHEMES = ("fedlora", "fedkdlora")  # schemes whose clients train LoRA adapters
 
 
-def build_aggregator(cfg: Config) -> Aggregator:
-    if cfg.dp:
-        return PrivateAggregation(PrivacySettings.from_config(cfg), cfg.seed)
-    if cfg.aggregation != "mean":
-        return RobustAggregation(cfg.aggregation, cfg.trim_ratio)
-    return MeanAggregation()
+def builtin_parts(cfg: Config) -> list[dict[str, Any]]:
+    """The built-in parts the flat keys describe, as component specs, in the strategy's order:
+    aggregator -> server optimizer -> FedProx -> LoRA mode -> SCAFFOLD -> FedDyn -> codec -> KD."""
+    table: list[tuple[bool, str, dict[str, Any]]] = [
+        (cfg.dp, "dp", {}),
+        (not cfg.dp and cfg.aggregation == "mean", "mean", {}),
+        (not cfg.dp and cfg.aggregation == "median", "median", {}),
+        (not cfg.dp and cfg.aggregation == "trimmed_mean", "trimmed_mean", {"trim_ratio": cfg.trim_ratio}),
+        (True, "server_optimizer", {}),
+        (cfg.prox_mu > 0, "fedprox", {"mu": cfg.prox_mu}),
+        (cfg.scheme in LORA_SCHEMES, "lora", {}),
+        (cfg.scaffold, "scaffold", {"num_clients": cfg.num_clients}),
+        (cfg.feddyn_alpha > 0, "feddyn", {}),
+        (cfg.update_compression != "none", "compression", {}),
+        (cfg.scheme == "fedkdlora", "distillation", {}),
+    ]
+    return [{"_component_": name, **kwargs} for on, name, kwargs in table if on]
 
 
-def build_parts(cfg: Config) -> list[Part]:
-    """The parts a config describes, in the strategy's order (the one place where algorithm keys are read)."""
-    parts: list[Part] = [build_aggregator(cfg), ServerOptimizer.from_config(cfg)]
-    if cfg.prox_mu > 0:
-        parts.append(FedProx(cfg.prox_mu))
-    if cfg.scheme in LORA_SCHEMES:
-        parts.append(LoraAggregator.from_config(cfg))
-    if cfg.scaffold:
-        parts.append(Scaffold(cfg.num_clients))
-    if cfg.feddyn_alpha > 0:
-        parts.append(FedDyn.from_config(cfg))
-    if cfg.update_compression != "none":
-        parts.append(Compression.from_config(cfg))
+def build_parts(cfg: Config, extra: Sequence[Part] = ()) -> list[Part]:
+    """Every part of a run: the built-in ones of the flat keys, then the config's `parts`, then `extra`
+    (objects from `fl.run(parts=...)`). A user part that is an `Aggregator` replaces the mean."""
+    parts = [instantiate(spec, spec["_component_"], Part, config=cfg) for spec in builtin_parts(cfg)]
+    user = [instantiate(spec, f"parts[{i}]", Part, config=cfg) for i, spec in enumerate(cfg.parts)]
+    for i, p in enumerate(extra):
+        if not isinstance(p, Part):
+            raise ConfigError(f"parts[{i}] of fl.run is a {type(p).__name__}, not an fl.Part; subclass fl.Part")
+    user += list(extra)
+    for p in user:
+        if isinstance(p, Aggregator):
+            if type(parts[0]) is not MeanAggregation:
+                raise ConfigError(
+                    f"part {type(p).__name__} is an aggregator and the config already names one "
+                    f"(aggregation={cfg.aggregation}, dp_clip={cfg.dp_clip}); keep aggregation=mean without dp_clip"
+                )
+            parts[0] = p
+    parts += [p for p in user if not isinstance(p, Aggregator)]
+    names = [p.name for p in parts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two parts share the name {twice[0]!r} (it prefixes their checkpointed state); rename one")
     return parts
 
 
-def build_strategy(cfg: Config, extra: list[Part] | None = None) -> Strategy:
-    """The strategy of a config; `extra` parts (FedKDLoRA's distillation) come last."""
+def build_strategy(cfg: Config, extra: Sequence[Part] = ()) -> Strategy:
+    """The strategy of a config, with the user's parts (`extra`) last."""
     return Strategy(
-        build_parts(cfg) + (extra or []),
+        build_parts(cfg, extra),
         num_clients=cfg.num_clients,
         seed=cfg.seed,
         lr=cfg.lr,
@@ -55,7 +85,15 @@ def build_strategy(cfg: Config, extra: list[Part] | None = None) -> Strategy:
     )
 
 
+def model_spec(cfg: Config) -> ModelSpec:
+    """How the scheme builds its model: LoRA-wrapped for fedlora / fedkdlora (FFA: A frozen), whole for fedavg."""
+    lora = cfg.scheme in LORA_SCHEMES
+    return ModelSpec.from_config(cfg, lora=lora, freeze_a=lora and cfg.lora_aggregation == "ffa")
+
+
 __all__ = [
-    "Aggregator", "ClientUpdate", "LoraAggregator", "Part", "RoundPlan", "ServerOptimizer", "State", "Strategy",
-    "build_parts", "build_strategy", "round_stats", "update_problem",
+    "Aggregator", "ClientTerm", "ClientUpdate", "Compression", "FedDyn", "FedProx", "LoraAggregator",
+    "MeanAggregation", "Part", "PrivacySettings", "PrivateAggregation", "RobustAggregation", "RoundPlan", "Scaffold",
+    "ServerOptimizer", "SetupContext", "State", "Strategy", "build_parts", "build_strategy", "model_spec",
+    "round_stats", "update_problem",
 ]  # fmt: skip

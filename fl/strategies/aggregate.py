@@ -4,7 +4,7 @@
   the server divides the sum by sum_i n_i. One reduce carries every client's contribution.
 - `RobustAggregation`: coordinate-wise median or trimmed mean (Yin et al. 2018, "Byzantine-Robust
   Distributed Learning: Towards Optimal Statistical Rates"), unweighted, over every accepted
-  client's own update: rank 0 gathers them (`gathers`).
+  client's own update: rank 0 gathers them (`gathers`), unweighted (`weighted = False`).
 
 The combine rules underneath are pure functions over name-keyed tensors; keys must match before
 anything is combined, and every result is fp32 whatever the tensors' dtype.
@@ -67,7 +67,7 @@ class Aggregator(Part):
     """The part that turns client updates into messages and their sums into the pseudo-gradient."""
 
     name = "aggregate"
-    gathers = False  # rank 0 needs every client's own message rather than their sum
+    weighted = True  # a client's change travels multiplied by its examples (summed mode), else as it is
     private = False  # per-client statistics stay on their ranks (DP)
 
     def client_message(self, template: Message, u: ClientUpdate, plan: RoundPlan) -> Message:
@@ -79,7 +79,7 @@ class Aggregator(Part):
         if u.reject:
             return msg
         weight = float(u.num_examples)
-        alpha = 1.0 if self.gathers else weight
+        alpha = weight if self.weighted else 1.0
         for k in msg.parts["delta"]:
             msg.parts["delta"][k].add_(u.delta[k], alpha=alpha)
         for part, tensors in u.parts.items():
@@ -100,12 +100,20 @@ class MeanAggregation(Aggregator):
 class RobustAggregation(Aggregator):
     """Coordinate-wise median or trimmed mean over the accepted clients' own changes."""
 
-    gathers = True
+    gathers, weighted = True, False
 
     def __init__(self, rule: str, trim_ratio: float = 0.1):
         if rule not in ("median", "trimmed_mean"):
             raise ValueError(f"aggregation={rule!r} is not robust; choose median or trimmed_mean")
         self.rule, self.trim_ratio = rule, trim_ratio
+
+    @classmethod
+    def median(cls) -> RobustAggregation:
+        return cls("median")
+
+    @classmethod
+    def trimmed(cls, trim_ratio: float = 0.1) -> RobustAggregation:
+        return cls("trimmed_mean", trim_ratio)
 
     def server_step(self, step: ServerStep) -> None:
         got = sorted((step.individual or {}).items())

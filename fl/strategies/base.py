@@ -1,16 +1,23 @@
 """The hook set every algorithm implements: a `Part` of the strategy, and what its hooks see.
 
-A round, as the parts see it (every hook is a no-op unless a part overrides it):
+fl's own algorithms are parts, and so is a user's (docs/extending.md): a part names what it needs
+(`needs_server_model`, `needs_public_rows`, `gathers`, `encodes_wire`), set-up provides it, and
+the round calls its hooks. A round, as the parts see it (every hook is a no-op unless overridden):
 
-    plan            every rank: the round's plan (sampled clients, lr, extras such as KD's public rows)
+    setup           every rank, once: what the part needs of the task, model, tokenizer, public rows
+    plan            every rank: the round's plan (sampled clients, lr, extras; a reason to stop)
     down            rank 0: what goes down beside the global state; `read_down` on every rank
+    load_into       every rank: what the part keeps of the global model beyond its trainable state
     client_start    the state a client trains from (FlexLoRA: cut to the client's rank)
     client_terms    hooks inside local training: the loss, after backward, after the optimizer step
-    client_finish   what a client sends up beside its change (SCAFFOLD's control change, KD logits, products)
-    upload          the zeros of those parts (the round's upload template)
-    server_step     rank 0: in the strategy's order, aggregator -> server optimizer -> stateful parts
+    client_finish   what a client sends up beside its change (SCAFFOLD's control change, KD logits)
+    upload          the zeros of those parts (the round's upload template); `withheld`: what does not
+    server_step     rank 0: in the strategy's order, aggregator -> server optimizer -> other parts
+    canonical       rank 0: after a part trained the model on the server, back to this part's form
+    evaluate        rank 0: record entries of the evaluation
     state           tensors and JSON across rounds (checkpoints); `client_state` for per-client state
-    bytes           what one client's messages cost on a deployment's wire
+    add_bytes       what one client's messages cost on a deployment's wire
+    export          how the final model is saved, and what is saved beside it
 
 Everything is keyed by name (`State` = dict[str, Tensor]); no hook sees a rank or a collective.
 """
@@ -39,6 +46,22 @@ class RoundPlan:
     clients: tuple[int, ...]  # sampled clients, sorted
     lr: float
     extra: Mapping[str, Any] = field(default_factory=dict)  # what parts add, by name (KD: "public_rows")
+    stop: str | None = None  # a part's reason to stop cleanly before this round (DP's budget)
+
+
+@dataclass
+class SetupContext:
+    """What a part's `setup` sees on one rank, once, before round 1 (after the checks of set-up)."""
+
+    config: Any  # the run's fl.Config
+    task: Any  # the Task (a model-free rank 0: its copy without rows)
+    model: nn.Module | Any  # this rank's model (a model-free rank 0: models.ServerModel, the trainable state)
+    tokenizer: Any  # None on a model-free rank 0
+    device: torch.device
+    is_server: bool  # rank 0 (in one process, the same process also hosts the clients)
+    hosts_clients: bool  # this rank trains clients
+    public_size: int  # rows of the public slice (the first rows of task.train)
+    public: Any = None  # the public slice encoded with the model's tokenizer, where needs_public_rows asks
 
 
 @dataclass
@@ -102,6 +125,7 @@ class ServerStep:
     sums: Message  # the clients' summed upload
     individual: dict[int, Message] | None  # every client's own upload, when the aggregator gathers
     load: Callable[[State], None]  # loads a global state into rank 0's model (for parts that train it)
+    weighted: bool = True  # each individual message's delta is multiplied by its client's examples
     delta: State | None = None  # the pseudo-gradient (the aggregator's)
     new: State | None = None  # the next global state (the server optimizer's, then the parts')
     retrained: bool = False  # a part trained the model on the server (KD): parts may re-canonicalise
@@ -112,7 +136,7 @@ class ServerStep:
 class ByteCount:
     """A deployment's bytes per sampled client: its state on the wire, then what each part adds."""
 
-    state: dict[int, int]  # client -> bytes of its trainable state (FlexLoRA: at its rank)
+    state: dict[int, int]  # client -> bytes of its trainable state (FlexLoRA's add_bytes: at its rank)
     up: dict[int, int]
     down: dict[int, int]
     extra: dict[str, int]  # record keys of their own (bytes_logits, bytes_products)
@@ -120,18 +144,26 @@ class ByteCount:
 
 
 class Part:
-    """One algorithm, as hooks on the round. `name` prefixes its state in checkpoints and messages."""
+    """One algorithm, as hooks on the round. `name` prefixes its state in checkpoints and messages.
+
+    What a part needs from set-up is declared, not asked for by name (set them in `__init__` when
+    they depend on the part's settings):
+    """
 
     name: str = ""
+    needs_server_model = False  # rank 0 keeps the whole model (it trains or changes it on the server)
+    needs_public_rows = False  # ranks that host clients encode the public slice (`SetupContext.public`)
+    gathers = False  # rank 0 needs every client's own upload (`ServerStep.individual`), not only the sum
+    encodes_wire = False  # the part encodes what travels (`fl.strategies.compression`: the WireCodec methods)
     releases_every_round = False  # DP: the server step runs (and is noised) even with no accepted update
 
-    # ---- plan and down ------------------------------------------------------------------------
-    def plan(self, plan: RoundPlan) -> RoundPlan:
-        return plan
+    # ---- set-up, plan and down ------------------------------------------------------------------
+    def setup(self, ctx: SetupContext) -> None:
+        """Every rank, once: take what the part needs (the model's layout, a teacher, the public rows)."""
 
-    def stop_before(self, round_idx: int) -> str | None:
-        """A reason to stop cleanly before this round (DP's budget), or None."""
-        return None
+    def plan(self, plan: RoundPlan) -> RoundPlan:
+        """The round's plan (every rank alike): add extras, resample, or set `stop` to end the run cleanly."""
+        return plan
 
     def down(self, global_state: State, next_round: int, record: dict[str, Any]) -> dict[str, State]:
         """Parts of the downlink beside the global state (rank 0 fills them; others pass the shapes)."""
@@ -192,18 +224,12 @@ class Part:
         pass
 
     # ---- bytes and the final model ------------------------------------------------------------
-    def state_bytes(self, client: int, global_state: State) -> int | None:
-        """Bytes of client c's trainable state on the wire, if this part decides them."""
-        return None
-
     def add_bytes(self, counts: ByteCount, plan: RoundPlan, global_state: State) -> None:
-        """Add what this part moves per client (and its own record keys) to `counts`."""
+        """Change what each client moves (`counts.up` / `counts.down`, by client) and add record keys."""
 
-    def save(self, run_dir: Path, model: nn.Module, tokenizer: Any) -> None:
-        """Write what this part keeps beside the final model (the KD teacher)."""
-
-    def export(self, model: nn.Module) -> tuple[nn.Module, str] | None:
-        """(model to save, folder name) when this part changes how the final model is saved."""
+    def export(self, run_dir: Path, model: nn.Module, tokenizer: Any) -> tuple[nn.Module, str] | None:
+        """Write what this part keeps beside the final model (the KD teacher); return (model to save,
+        folder name) when it changes how the final model is saved (FedEx: merged), else None."""
         return None
 
 

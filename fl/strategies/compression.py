@@ -23,7 +23,12 @@ from fl.strategies.base import ByteCount, Part, RoundPlan, State
 
 
 class Compression(Part):
+    """The part that encodes what travels (`encodes_wire`): `fl.transport` calls its encode / decode
+    methods (`encode_client`, `upload_bytes`, `codec.decode`, `encode_down`, `decode_down`,
+    `down_bytes`, `remember`, `last_sent`) instead of moving fp32 tensors."""
+
     name = "codec"
+    encodes_wire = True
 
     def __init__(self, codec: Codec, seed: int):
         self.codec, self.seed = codec, seed
@@ -32,13 +37,13 @@ class Compression(Part):
         self.last_sent: State | None = None  # the global state every rank last received
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Compression:
-        if cfg.dp:
+    def from_config(cls, config: Config) -> Compression:
+        if config.dp:
             raise ConfigError(
-                f"update_compression={cfg.update_compression} with dp_clip: a compressed update's norm is no longer "
+                f"update_compression={config.update_compression} with dp_clip: a compressed update's norm is no longer "
                 "bounded by dp_clip (and top-k would sparsify the noise); use update_compression=none with DP"
             )
-        return cls(Codec(cfg.update_compression, cfg.topk_ratio), cfg.seed)
+        return cls(Codec(config.update_compression, config.topk_ratio), config.seed)
 
     # ---- up -------------------------------------------------------------------------------------
     def encode_client(self, client: int, msg: Message, round_idx: int) -> torch.Tensor:

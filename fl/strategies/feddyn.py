@@ -48,14 +48,14 @@ class FedDyn(Part):
         self.grad_states: dict[int, State] = {}  # g_k, on the client's rank
 
     @classmethod
-    def from_config(cls, cfg: Config) -> FedDyn:
-        plain = cfg.server_optimizer == "sgd" and cfg.server_lr == 1.0 and cfg.aggregation == "mean"
-        if not plain or cfg.dp or cfg.scaffold:
+    def from_config(cls, config: Config) -> FedDyn:
+        plain = config.server_optimizer == "sgd" and config.server_lr == 1.0 and config.aggregation == "mean"
+        if not plain or config.dp or config.scaffold:
             raise ConfigError(
                 "feddyn_alpha replaces the server step: use it with aggregation=mean, server_optimizer=sgd "
                 "server_lr=1, and without dp_clip or scaffold"
             )
-        return cls(cfg.feddyn_alpha, cfg.num_clients)
+        return cls(config.feddyn_alpha, config.num_clients)
 
     def client_terms(self, ctx: ClientContext) -> list[ClientTerm]:
         return [DynamicTerm(self.alpha, ctx.start, self.grad_states.get(ctx.client))]

@@ -17,7 +17,12 @@ the mean of the clients' updates, mean(B_i @ A_i). The modes:
   components of it are exactly M's best rank-r_c approximation.
 
 `aggregation_error` = ||M - s B_glob A_glob||_F / ||M||_F, with the squared norms summed over the
-adapted modules.
+adapted modules. fedex and flex need M itself: every client rank uploads sum_i n_i s B_i A_i, one
+d_out x d_in matrix per adapted module (what they move beside the adapter). For fedit and ffa, M is
+only measured: rank 0 gathers every sampled client's own update (its adapter: r (d_in + d_out) per
+module, not d_out x d_in) and computes the error from the factors with (n+1)r x (n+1)r Gram matrices
+(`factored_error`), so measuring costs each client rank its clients' adapters instead of one summed
+adapter, and no d_out x d_in matrix travels.
 """
 
 from __future__ import annotations
@@ -29,8 +34,18 @@ import torch
 from torch import nn
 
 from fl import models
-from fl.config import Config, parse_ranks
-from fl.strategies.base import ByteCount, ClientContext, ClientTerm, Part, RoundPlan, ServerStep, State, TrainResult
+from fl.config import Config, ConfigError, parse_ranks
+from fl.strategies.base import (
+    ByteCount,
+    ClientContext,
+    ClientTerm,
+    Part,
+    RoundPlan,
+    ServerStep,
+    SetupContext,
+    State,
+    TrainResult,
+)
 
 MODES = ("fedit", "ffa", "fedex", "flex")
 
@@ -94,6 +109,29 @@ def relative_error(target: State, got: State) -> float:
     return (num / den) ** 0.5 if den > 0 else 0.0
 
 
+def factored_error(
+    clients: list[tuple[float, State]], got: State, modules: dict[str, tuple[str, str]], scale: float
+) -> float:
+    """relative_error(M, s B A) from the factors alone: M = sum_i w_i s B_i A_i / sum_i w_i over the
+    clients' (weight, adapter) and s B A from `got`, never forming a d_out x d_in matrix. Per module,
+    M - s B A = s P Q with P = [w_1 B_1 .. w_n B_n, -B] / .. and Q = [A_1; ..; A_n; A], and
+    ||P Q||_F^2 = sum((P^T P) * (Q Q^T)): Gram matrices of (n+1) r rows, in float64."""
+    total = sum(w for w, _ in clients)
+    if total <= 0:
+        return 0.0
+    num = den = 0.0
+    for a, b in modules.values():
+        bs = [st[b].double() * (w / total) for w, st in clients]
+        as_ = [st[a].double() for _, st in clients]
+        p_mat, q_mat = torch.cat(bs, dim=1), torch.cat(as_, dim=0)
+        den += float(((p_mat.T @ p_mat) * (q_mat @ q_mat.T)).sum())
+        p_all = torch.cat([p_mat, -got[b].double().to(p_mat.device)], dim=1)
+        q_all = torch.cat([q_mat, got[a].double().to(q_mat.device)], dim=0)
+        num += float(((p_all.T @ p_all) * (q_all @ q_all.T)).sum())
+    # the Gram form can round a tiny square below zero
+    return (max(num, 0.0) / den) ** 0.5 if den > 0 else 0.0
+
+
 class RankMask(ClientTerm):
     """FlexLoRA: gradients of the components beyond the client's rank are zeroed."""
 
@@ -126,39 +164,34 @@ class LoraAggregator(Part):
     base: State = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> LoraAggregator:
-        ranks = parse_ranks(cfg.lora_ranks, cfg.num_clients, cfg.lora_r) if cfg.lora_ranks else None
-        # under DP the products that measure the aggregation error would travel un-noised: they stay home
-        measure = cfg.aggregation_error and not cfg.dp
-        return cls(cfg.lora_aggregation, rank=cfg.lora_r, client_ranks=ranks, measure_error=measure)
+    def from_config(cls, config: Config) -> LoraAggregator:
+        ranks = parse_ranks(config.lora_ranks, config.num_clients, config.lora_r) if config.lora_ranks else None
+        # under DP the updates that measure the aggregation error would reach rank 0 un-noised: no measurement
+        measure = config.aggregation_error and not config.dp
+        return cls(config.lora_aggregation, rank=config.lora_r, client_ranks=ranks, measure_error=measure)
+
+    def __post_init__(self) -> None:
+        self.needs_server_model = self.mode == "fedex"  # the residual is folded into rank 0's base weights
+        self.gathers = self.measure_error and not self.sends_products  # fedit / ffa: the error from the factors
 
     @property
     def sends_products(self) -> bool:
-        """Whether clients add sum_i n_i s B_i A_i to their upload (needed by fedex / flex, else a measurement)."""
-        return self.mode in ("fedex", "flex") or self.measure_error
+        """Whether clients add sum_i n_i s B_i A_i to their upload (fedex / flex need it)."""
+        return self.mode in ("fedex", "flex")
 
-    def from_model(self, model: nn.Module) -> None:
-        """Read the adapted modules, the scale, FFA's frozen A and FedEx's base weights off the model."""
-        from peft import get_peft_model_state_dict
-
-        trainable = models.get_trainable_state(model)
-        everything = dict(model.named_parameters())
-        peft_state = get_peft_model_state_dict(model)
+    def setup(self, ctx: SetupContext) -> None:
+        """The adapted modules, the scale, FFA's frozen A and FedEx's base weights, off this rank's model
+        (a model-free rank 0's `ServerModel` holds rank 1's layout)."""
+        layout = models.adapter_layout(ctx.model)
+        if layout is None:
+            raise ConfigError("the LoRA aggregation part needs a LoRA model; use scheme=fedlora or fedkdlora")
+        peft_state, self.scale = layout
+        trainable = models.get_trainable_state(ctx.model)
         self.modules = lora_modules(set(peft_state))
-        cfg = next(iter(model.peft_config.values()))
-        self.scale = cfg.lora_alpha / cfg.r
         self.frozen = {a: peft_state[a].detach().clone() for a, _ in self.modules.values() if a not in trainable}
         if self.mode == "fedex":
+            everything = dict(ctx.model.named_parameters())
             self.base = {m: everything[f"{m}.base_layer.weight"].detach().float().clone() for m in self.modules}
-
-    def layout(self) -> dict[str, Any]:
-        """What `from_model` read, less FedEx's base: for a rank without the model (`adopt_layout`)."""
-        return {"modules": self.modules, "scale": self.scale, "frozen": {k: v.cpu() for k, v in self.frozen.items()}}
-
-    def adopt_layout(self, layout: dict[str, Any], device: torch.device) -> None:
-        """Take another rank's `layout()` (FFA's frozen A onto this rank's device)."""
-        self.modules, self.scale = dict(layout["modules"]), float(layout["scale"])
-        self.frozen = {k: v.to(device) for k, v in layout["frozen"].items()}
 
     def lora_keys(self) -> set[str]:
         return {k for pair in self.modules.values() for k in pair}
@@ -214,12 +247,28 @@ class LoraAggregator(Part):
     # ---- the server -----------------------------------------------------------------------------
     def server_step(self, step: ServerStep) -> None:
         """The mode's global adapter, given step.new (the state after averaging every travelling change)."""
+        if self.gathers and step.individual is not None and step.new is not None:
+            step.record["aggregation_error"] = self.factored_error(step)
         if "products" not in step.sums.parts:
             return
         weight = step.sums.scalars["weight"]
         mean_products = {k: v / weight for k, v in step.sums.parts["products"].items()}
         step.new, error = self.combine(step.new, mean_products)
         step.record["aggregation_error"] = error
+
+    def factored_error(self, step: ServerStep) -> float:
+        """The aggregation error from every accepted client's own adapter (global + its change) and the
+        new global adapter (`factored_error`)."""
+        clients = []
+        for _, msg in sorted((step.individual or {}).items()):
+            weight = msg.scalars["weight"]
+            if msg.scalars["accepted"] <= 0 or weight <= 0:
+                continue
+            per = weight if step.weighted else 1.0  # the change travelled multiplied by its examples
+            own = {k: step.global_state[k].float() + v.to(step.global_state[k].device) / per
+                   for k, v in msg.parts["delta"].items()}  # fmt: skip
+            clients.append((weight, {**self.frozen, **own}))
+        return factored_error(clients, {**self.frozen, **step.new}, self.modules, self.scale)  # type: ignore[dict-item]
 
     def combine(self, new: State, mean_products: State) -> tuple[State, float]:
         """(the mode's global adapter, the aggregation error) from the averaged state and mean(s B_i A_i)."""
@@ -250,7 +299,7 @@ class LoraAggregator(Part):
         if tensors:
             self.base = {k: v.to(device) for k, v in tensors.items()}
 
-    def state_bytes(self, client: int, global_state: State) -> int | None:
+    def state_bytes(self, client: int, global_state: State) -> int:
         """What one client's adapter costs on a deployment's wire: flex clients send their rank's A and B."""
         r, lora = self.client_rank(client), self.lora_keys()
         total = 0
@@ -259,13 +308,16 @@ class LoraAggregator(Part):
         return total * 4
 
     def add_bytes(self, counts: ByteCount, plan: RoundPlan, global_state: State) -> None:
+        if self.mode == "flex":  # each client's state at its own rank, both ways
+            for c in plan.clients:
+                counts.state[c] = counts.up[c] = counts.down[c] = self.state_bytes(c, global_state)
         base = sum(v.numel() for v in self.base.values()) * 4
         for c in plan.clients:  # fedex clients also receive the changed base weights
             counts.down[c] += base
         if self.sends_products:  # one product per adapted module and client rank
             counts.extra["bytes_products"] = self.product_numel(global_state) * 4 * counts.client_ranks
 
-    def export(self, model: nn.Module) -> tuple[nn.Module, str] | None:
+    def export(self, run_dir: Any, model: nn.Module, tokenizer: Any) -> tuple[nn.Module, str] | None:
         if self.mode != "fedex":
             return None
         # the base weights changed: the adapter alone would not reproduce the run; export the merged model

@@ -152,12 +152,17 @@ class PrivateAggregation(Aggregator):
                 "target or the noise"
             )
 
-    def plan(self, plan: RoundPlan) -> RoundPlan:  # the accountant assumes Poisson sampling
-        clients = poisson_sample(self.dp.num_clients, self.dp.rate, self.seed, plan.round)
-        return RoundPlan(plan.round, clients, plan.lr, plan.extra)
+    @classmethod
+    def from_config(cls, config: Config) -> PrivateAggregation:
+        return cls(PrivacySettings.from_config(config), config.seed)
 
-    def stop_before(self, round_idx: int) -> str | None:
-        """Would round r spend more than dp_target_epsilon? (Every rank decides alike.)"""
+    def plan(self, plan: RoundPlan) -> RoundPlan:
+        """Poisson sampling (what the accountant assumes), and a stop before a round that would spend
+        more than dp_target_epsilon (every rank decides alike)."""
+        clients = poisson_sample(self.dp.num_clients, self.dp.rate, self.seed, plan.round)
+        return RoundPlan(plan.round, clients, plan.lr, plan.extra, plan.stop or self.over_budget(plan.round))
+
+    def over_budget(self, round_idx: int) -> str | None:
         if self.dp.target_epsilon is None:
             return None
         eps = self.accountant.epsilon(self.dp.delta, round_idx)

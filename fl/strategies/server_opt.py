@@ -49,8 +49,9 @@ class ServerOptimizer(Part):
             )
 
     @classmethod
-    def from_config(cls, cfg: Config) -> ServerOptimizer:
-        return cls(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta_pair(), cfg.server_tau)
+    def from_config(cls, config: Config) -> ServerOptimizer:
+        c = config
+        return cls(c.server_optimizer, c.server_lr, c.server_momentum, c.server_beta_pair(), c.server_tau)
 
     def server_step(self, step: ServerStep) -> None:
         assert step.delta is not None, "the aggregator runs before the server optimizer"

@@ -34,6 +34,7 @@ from fl.strategies.base import (
     Part,
     RoundPlan,
     ServerStep,
+    SetupContext,
     State,
     TrainResult,
 )
@@ -54,6 +55,8 @@ class Strategy:
                  clients_per_round: int | None = None):  # fmt: skip
         if not parts or not isinstance(parts[0], Aggregator):
             raise ValueError("a strategy starts with its aggregator")
+        if sum(p.encodes_wire for p in parts) > 1:
+            raise ValueError("at most one part may encode what travels (encodes_wire)")
         self.parts, self.aggregator = parts, parts[0]
         self.num_clients, self.seed, self.lr, self.round_lr_decay = num_clients, seed, lr, round_lr_decay
         self.clients_per_round = clients_per_round
@@ -62,9 +65,28 @@ class Strategy:
         """The part of this kind, or None."""
         return next((p for p in self.parts if isinstance(p, kind)), None)
 
+    # ---- what the parts declare -----------------------------------------------------------------
     @property
     def gathers(self) -> bool:
-        return self.aggregator.gathers
+        """Rank 0 needs every client's own upload (a robust aggregator, the LoRA aggregation error)."""
+        return any(p.gathers for p in self.parts)
+
+    @property
+    def needs_server_model(self) -> bool:
+        return any(p.needs_server_model for p in self.parts)
+
+    @property
+    def needs_public_rows(self) -> bool:
+        return any(p.needs_public_rows for p in self.parts)
+
+    @property
+    def codec(self) -> Any:
+        """The part that encodes what travels (`encodes_wire`), or None: at most one may."""
+        return next((p for p in self.parts if p.encodes_wire), None)
+
+    def setup(self, ctx: SetupContext) -> None:
+        for p in self.parts:
+            p.setup(ctx)
 
     # ---- plan and down --------------------------------------------------------------------------
     def plan_round(self, round_idx: int) -> RoundPlan:
@@ -74,9 +96,6 @@ class Strategy:
         for p in self.parts:
             plan = p.plan(plan)
         return plan
-
-    def stop_before(self, round_idx: int) -> str | None:
-        return next((r for p in self.parts if (r := p.stop_before(round_idx)) is not None), None)
 
     def downlink(self, global_state: State, next_round: int, record: dict[str, Any]) -> Message:
         """What rank 0 sends after each aggregation (and before round 1)."""
@@ -135,7 +154,7 @@ class Strategy:
         self, global_state: State, sums: Message, individual: dict[int, Message] | None, plan: RoundPlan, load: Any
     ) -> tuple[State, dict[str, Any]]:
         """(next global state, record entries): every part's server step, in order."""
-        step = ServerStep(plan, global_state, sums, individual, load)
+        step = ServerStep(plan, global_state, sums, individual, load, weighted=self.aggregator.weighted)
         for p in self.parts:
             p.server_step(step)
         assert step.new is not None, "a strategy needs a server optimizer"
@@ -190,22 +209,21 @@ class Strategy:
         """What a deployment would move: one message per sampled client each way (its update up; the
         global state and what the parts send down). Keys every record carries start at 0."""
         plain = sum(v.numel() for v in global_state.values()) * 4
-        state = {}
-        for c in plan.clients:
-            sizes = (p.state_bytes(c, global_state) for p in self.parts)
-            state[c] = next((b for b in sizes if b is not None), plain)
+        state = {c: plain for c in plan.clients}
         counts = ByteCount(state, dict(state), dict(state), {"bytes_logits": 0, "bytes_products": 0}, client_ranks)
         for p in self.parts:
             p.add_bytes(counts, plan, global_state)
         return {"bytes_up": sum(counts.up.values()), "bytes_down": sum(counts.down.values()), **counts.extra}
 
-    def save(self, run_dir: Path, model: nn.Module, tokenizer: Any) -> None:
-        for p in self.parts:
-            p.save(run_dir, model, tokenizer)
-
-    def export(self, model: nn.Module, default: str) -> tuple[nn.Module, str]:
-        """The final model and its folder name: `default`, unless a part changes how it is saved."""
-        return next((e for p in self.parts if (e := p.export(model)) is not None), (model, default))
+    def export(self, run_dir: Path, model: nn.Module, tokenizer: Any, default: str) -> tuple[nn.Module, str]:
+        """The final model and its folder name (`default`, unless a part changes how it is saved); every
+        part writes what it keeps beside it, last part first (FedEx's merge, early in the order, comes
+        after the KD teacher has named the student's base)."""
+        chosen = None
+        for p in reversed(self.parts):
+            got = p.export(run_dir, model, tokenizer)
+            chosen = chosen or got
+        return chosen or (model, default)
 
 
 def round_stats(sums: Message, plan: RoundPlan, private: bool = False) -> dict:

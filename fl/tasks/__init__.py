@@ -16,7 +16,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from fl.config import Config
+from fl.components import instantiate
+from fl.config import Config, ConfigError
 from fl.message import Message
 from fl.models import ModelSpec
 
@@ -135,12 +136,29 @@ class Task(Protocol):
         ...
 
 
-def build_task(cfg: Config) -> Task:
-    """The task of a config, its data loaded and checked."""
-    if cfg.task_kind == "causal_lm":
-        from fl.tasks.causal_lm import CausalLMTask
+REQUIRED = (
+    "name", "metric", "columns", "train", "test", "build_model", "encode", "without_rows", "partition_labels",
+    "partition_groups", "train_batches", "loss", "batch_weight", "is_head", "eval_sums", "eval_template", "metrics",
+)  # fmt: skip  # what every run calls; the kd_* methods only FedKDLoRA
 
-        return CausalLMTask.from_config(cfg)
-    from fl.tasks.classify import ClassifyTask
 
-    return ClassifyTask.from_config(cfg)
+def check_task(task: Any, key: str) -> Task:
+    """`task` if it has what every run calls of a Task, else a one-line ConfigError naming what is missing."""
+    missing = [name for name in REQUIRED if not hasattr(task, name)]
+    if missing:
+        raise ConfigError(
+            f"{key}: a {type(task).__name__} is not an fl.Task (it has no {', '.join(missing[:4])}); implement "
+            "the fl.Task protocol or subclass a built-in task (docs/extending.md)"
+        )
+    return task
+
+
+def build_task(cfg: Config, task: Task | None = None) -> Task:
+    """The task of a run, its data loaded and checked: `task` (an object from `fl.run(task=...)`), the
+    config's task component, or the built-in task of `task_kind` (classify, causal_lm), all built by
+    `fl.components.instantiate`."""
+    if task is not None:
+        return check_task(task, "task")
+    if isinstance(cfg.task, dict):
+        return check_task(instantiate(cfg.task, "task", config=cfg), "task")
+    return instantiate({"_component_": cfg.task_kind}, "task_kind", config=cfg)

@@ -74,7 +74,8 @@ class CausalLMTask:
     group_by_length: bool = False  # training batches of rows of similar length (fl.tasks.order)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> CausalLMTask:
+    def from_config(cls, config: Config) -> CausalLMTask:
+        cfg = config
         tokenizer = lm_tokenizer(models.resolve_model(cfg.model))
         data = load_lm_data(cfg, tokenizer)
         train, skipped = lm_encode.fitting_rows(tokenizer, data.train, cfg.max_length, cfg.long_prompts, "train")

@@ -132,8 +132,8 @@ class ClassifyTask:
     group_by_length: bool = False  # training batches of rows of similar length (fl.tasks.order)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> ClassifyTask:
-        return cls(load_labelled(cfg), cfg.max_length, cfg.group_by_length)
+    def from_config(cls, config: Config) -> ClassifyTask:
+        return cls(load_labelled(config), config.max_length, config.group_by_length)
 
     @classmethod
     def for_rows(cls, train: TextDataset, test: TextDataset, max_length: int, name: str = "rows") -> ClassifyTask:

@@ -1,6 +1,7 @@
 """The program around the round loop: start the process group, set up every rank (one error line
 for the whole job when set-up fails), run the federation, and leave a valid results.json however
-the job ends (completed, interrupted by a signal or a dead peer, or failed).
+the job ends (completed, interrupted by a signal or a dead peer, or failed). `fl.run` (the public
+API) and `fl run` (the CLI) both come here.
 """
 
 from __future__ import annotations
@@ -8,44 +9,73 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from fl import comm
+from fl.callbacks import Callback, CallbackList
 from fl.checkpoint import find_resume_point
+from fl.components import instantiate
 from fl.config import Config, ConfigError
+from fl.errors import RunStopped
 from fl.memory import trim_heap
 from fl.rundir import check_output_dir, clear_run_outputs
 from fl.server import Federation
 from fl.setup import Setup, prepare, restore, share_server_model
-from fl.tracking import check_available
+from fl.strategies import Part
+from fl.tasks import Task
+from fl.tracking import tracker
+
+__all__ = ["Result", "RunStopped", "run", "run_document"]
 
 
-class RunStopped(RuntimeError):
-    """The job stopped part-way (a rank died, a signal, a collective timed out); finished rounds are kept."""
+@dataclass
+class Result:
+    """What `fl.run` returns, on every rank (records and doc on rank 0 only; elsewhere empty / None)."""
+
+    status: str  # completed (also after a clean early stop: see `stopped_early`)
+    records: list[dict[str, Any]]  # the per-round records, as in results.json (round 0 first)
+    state: dict[str, torch.Tensor]  # the final global trainable state, by name (CPU tensors)
+    run_dir: Path
+    model_path: Path | None  # the exported adapter or model folder (None with save_model=false)
+    stopped_early: str | None = None  # a part's or callback's reason to stop before `rounds`
+    doc: dict[str, Any] | None = field(default=None, repr=False)  # results.json, whole
+
+
+def run_document(cfg: Config) -> dict[str, Any] | None:
+    """`run(cfg)`'s results.json document on rank 0 (None on the other ranks): for benchmarks and tests."""
+    return run(cfg).doc
 
 
 def _stop_on_signal(signum: int, frame: Any) -> None:
     raise RunStopped(f"received {signal.Signals(signum).name}")
 
 
-def run(cfg: Config) -> dict[str, Any] | None:
-    """Run one experiment; returns the results document on rank 0 (None on other ranks)."""
+def run(
+    cfg: Config, *, parts: Sequence[Part] = (), task: Task | None = None, callbacks: Sequence[Callback] = ()
+) -> Result:
+    """Run one experiment (see `fl.run`): the config's parts, task and callbacks, and these objects."""
     start = time.perf_counter()
     imports_s = process_age_s()  # the interpreter and every import before the run starts
     rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s, cfg.server_device, cfg.client_allreduce,
                    cfg.ranks_per_client, cfg.bucket_mb)  # fmt: skip
     previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     fed: Federation | None = None
-    s = None
+    s, cbs = None, CallbackList([], cfg, cfg.run_dir)
     try:
         t0 = time.perf_counter()
-        s, first_round, records = set_up(cfg, rt)
+        s, first_round, records, cbs = set_up(cfg, rt, parts, task, callbacks)
         trim_heap()  # what loading and tokenizing freed
         s.timings = {"imports_s": imports_s, "process_group_s": t0 - start, **s.timings,
                      "setup_s": time.perf_counter() - t0}  # fmt: skip
-        fed = Federation(cfg, s, first_round, records)
+        fed = Federation(cfg, s, first_round, records, cbs)
         doc = fed.run()
         fed.reporter.finish(time.perf_counter() - start)
+        cbs.end(fed.reporter.doc)
     except BaseException as err:
         # the job is stopping: a second signal (torchrun SIGTERMs every rank when one dies) must not
         # interrupt the stop itself, which records why in results.json
@@ -55,9 +85,12 @@ def run(cfg: Config) -> dict[str, Any] | None:
         # torchrun does not SIGTERM the others; otherwise peers may be gone: no barrier
         comm.shutdown(clean=isinstance(err, ConfigError) and s is None)
         if fed is not None and (isinstance(err, RunStopped | KeyboardInterrupt) or comm.is_comm_failure(err)):
-            raise stopped(cfg, fed, err, start) from None
+            stop = stopped(cfg, fed, err, start)
+            cbs.end(fed.reporter.doc)
+            raise stop from None
         if fed is not None:
             fed.reporter.finish(time.perf_counter() - start, status="failed", reason=first_line(err))
+            cbs.end(fed.reporter.doc)
         elif isinstance(err, RunStopped) and comm.launched_by_torchrun():  # e.g. a peer died while loading
             raise RunStopped(
                 f"stopped during set-up ({first_line(err)}), before any round or file; when a rank fails torchrun "
@@ -68,7 +101,20 @@ def run(cfg: Config) -> dict[str, Any] | None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     comm.shutdown()
-    return doc
+    return result(cfg, fed, doc)
+
+
+def result(cfg: Config, fed: Federation, doc: dict[str, Any] | None) -> Result:
+    saved = (doc or {}).get("model_saved")
+    return Result(
+        status=(doc or {}).get("status", "completed"),
+        records=list((doc or {}).get("rounds", [])),
+        state={k: v.detach().cpu() for k, v in fed.global_state.items()},
+        run_dir=cfg.run_dir,
+        model_path=Path(saved) if saved else None,
+        stopped_early=(doc or {}).get("stopped_early"),
+        doc=doc,
+    )
 
 
 def process_age_s() -> float:
@@ -99,13 +145,16 @@ def stopped(cfg: Config, fed: Federation, err: BaseException, start: float) -> R
     )
 
 
-def set_up(cfg: Config, rt: comm.Runtime) -> tuple[Setup, int, list[dict]]:
-    """Build every rank's part; rank 0 restores a checkpoint and checks the run folder. Every rank
-    learns whether all succeeded: a set-up error stops the whole job with rank 0's one line."""
+def set_up(
+    cfg: Config, rt: comm.Runtime, parts: Sequence[Part], task: Task | None, callbacks: Sequence[Callback]
+) -> tuple[Setup, int, list[dict], CallbackList]:
+    """Build every rank's part; rank 0 restores a checkpoint, builds its callbacks and checks the run
+    folder. Every rank learns whether all succeeded: a set-up error stops the whole job with rank 0's
+    one line. Returns (set-up, first round, records so far, callbacks)."""
     first_round, records = 1, []
-    s, error = None, None
+    s, error, cbs = None, None, CallbackList([], cfg, cfg.run_dir)
     try:
-        s = prepare(cfg, rt)
+        s = prepare(cfg, rt, parts, task)
     except ConfigError as err:
         error = err
     agree(rt, error)
@@ -113,7 +162,7 @@ def set_up(cfg: Config, rt: comm.Runtime) -> tuple[Setup, int, list[dict]]:
     try:
         if rt.is_main:  # every check that reads comes before the first write (the run folder)
             first_round, records = restore(cfg, s, find_resume_point(cfg))  # type: ignore[arg-type]
-            check_available(cfg.log_to)
+            cbs = CallbackList(build_callbacks(cfg, callbacks), cfg, cfg.run_dir)
             check_output_dir(cfg.run_dir, resume=cfg.resume != "false", overwrite=cfg.overwrite)
             if cfg.overwrite and s.resumed_from is None:  # type: ignore[union-attr]
                 clear_run_outputs(cfg.run_dir)
@@ -122,7 +171,18 @@ def set_up(cfg: Config, rt: comm.Runtime) -> tuple[Setup, int, list[dict]]:
     agree(rt, error)
     first_round = int(comm.broadcast_object(rt, first_round))  # type: ignore[arg-type]
     s.resumed_from = comm.broadcast_object(rt, s.resumed_from)  # type: ignore[union-attr]
-    return s, first_round, records  # type: ignore[return-value]
+    cbs.stops = bool(comm.broadcast_object(rt, bool(cbs)))  # rank 0's callbacks decide; every rank must know
+    return s, first_round, records, cbs  # type: ignore[return-value]
+
+
+def build_callbacks(cfg: Config, extra: Sequence[Callback]) -> list[Callback]:
+    """Rank 0's callbacks: the tracker of log_to, the config's, then `extra` (from `fl.run`)."""
+    out = [t] if (t := tracker(cfg.log_to)) is not None else []
+    out += [instantiate(spec, f"callbacks[{i}]", Callback, config=cfg) for i, spec in enumerate(cfg.callbacks)]
+    for i, cb in enumerate(extra):
+        if not isinstance(cb, Callback):
+            raise ConfigError(f"callbacks[{i}] of fl.run is a {type(cb).__name__}, not an fl.Callback; subclass it")
+    return out + list(extra)
 
 
 def agree(rt: comm.Runtime, error: ConfigError | None) -> None:
