@@ -11,6 +11,7 @@ stays light (the CLI's `--help` does not load torch).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -46,4 +47,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value
         return value
+    if importlib.util.find_spec(f"fl.{name}") is not None:  # a submodule: fl.callbacks, fl.strategies, ...
+        return importlib.import_module(f"fl.{name}")
     raise AttributeError(f"module 'fl' has no attribute {name!r}")

@@ -144,8 +144,8 @@ class Config(CrossKeyRules):
     )
     aggregation_error: bool = _f(
         True,
-        "record ||mean(B_i A_i) - B A||_F / ||mean(B_i A_i)||_F per round; for fedit / ffa the products "
-        "travel only for this (d_out x d_in per adapted module and client rank)",
+        "record ||mean(B_i A_i) - B A||_F / ||mean(B_i A_i)||_F per round; fedit / ffa: computed on rank 0 from "
+        "every sampled client's own adapter (gathered: a client rank sends its clients' adapters, not one sum)",
     )
     lora_modules_to_save: str | None = _f(
         None,

@@ -156,6 +156,12 @@ class CrossKeyRules:
             raise ConfigError("kd_attention_weight works with classifiers; set it to 0 for task_kind=causal_lm")
 
     @property
+    def public_pct(self) -> float:
+        """The share of train that is the server's public slice (the key is named for FedKDLoRA's
+        teacher; the slice is kept out of every client whatever uses it)."""
+        return self.teacher_data_pct
+
+    @property
     def dp(self) -> bool:
         return self.dp_clip is not None
 

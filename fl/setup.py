@@ -86,7 +86,7 @@ class Setup:
 
 def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
     """(public slice size, client -> train indices): the public slice first, the rest partitioned."""
-    public, private = public_split(len(task.train), cfg.teacher_data_pct)
+    public, private = public_split(len(task.train), cfg.public_pct)
     labels = task.partition_labels(private)
     if labels is None and cfg.partition == "dirichlet":
         raise ConfigError("partition=dirichlet splits by label and this task has none; use contiguous or iid")

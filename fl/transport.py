@@ -80,3 +80,17 @@ def send_down(
     if codec is not None:
         codec.remember(new)
     return new, moved, time.perf_counter() - t0
+
+
+def upload_bytes_per_rank(strategy: Strategy, template: Message, plan: RoundPlan, owners: dict[int, int]) -> int:
+    """Bytes each client rank sends up in a round, as `Uplink.collect` moves them (pure: for reports
+    such as a 7B recipe's): summed, one template; gathered, the padded rows of the busiest rank's
+    sampled clients; encoded, that many payloads."""
+    if not (strategy.gathers or strategy.codec):
+        return template.nbytes
+    counts: dict[int, int] = {}
+    for c in plan.clients:
+        counts[owners[c]] = counts.get(owners[c], 0) + 1
+    rows = max(counts.values(), default=1)
+    each = strategy.codec.upload_bytes(template) if strategy.codec else template.nbytes
+    return rows * each

@@ -58,12 +58,12 @@ def test_fedadam_with_sampling_same_in_simulation_and_torchrun(tmp_path, tiny_ov
 
 def test_median_gathers_and_matches_simulation(tmp_path, tiny_overrides):
     sim, dist = sim_vs_torchrun(tmp_path, tiny_overrides, ["aggregation=median"])
-    products = 2 * 2 * 32 * 32 * 4  # s * B_i A_i of 2 layers x (query, value), 32 x 32, for the aggregation error
-    per_client = dist["payload_bytes"] + products + (2 + 5 * 4) * 4  # an update, its products, the scalars
+    # the aggregation error comes from the gathered updates' factors: no d_out x d_in product travels
+    per_client = dist["payload_bytes"] + (2 + 5 * 4) * 4  # an update and the scalars
     for rec in dist["rounds"][1:]:
         # each client rank sends its 2 clients' updates as rows of one buffer: 2 ranks x 2 rows
         assert rec["wire_bytes_up"] == 2 * 2 * per_client
-        assert rec["bytes_products"] == 2 * products  # 2 client ranks
+        assert rec["bytes_products"] == 0 and rec["aggregation_error"] > 0
 
 
 def test_fedprox_pulls_updates_towards_the_global_state(tmp_path, tiny_overrides):

@@ -10,7 +10,7 @@ import torch
 from fl.config import Config, parse_ranks
 from fl.strategies import ClientUpdate, LoraAggregator, build_strategy
 from fl.strategies.base import ClientContext, TrainResult
-from fl.strategies.lora_agg import RankMask, factor, lora_modules, products, relative_error
+from fl.strategies.lora_agg import RankMask, factor, factored_error, lora_modules, products, relative_error
 
 A, B, HEAD = "m.lora_A.weight", "m.lora_B.weight", "head.weight"
 SCALE = 2.0
@@ -65,6 +65,27 @@ def test_fedit_leaves_an_error_when_clients_differ():
     for k in (A, B, HEAD):  # the plain example-weighted mean of each tensor
         torch.testing.assert_close(new[k], sum(n * st[k] for n, st in sent) / total)
     assert err > 0.1
+    # the error from the gathered factors is the dense formula, with M = mean(s B_i A_i) formed explicitly
+    dense = relative_error({"m": mean_products(sent)}, products(new, lora_modules({A, B}), SCALE))
+    assert err == pytest.approx(dense, rel=1e-5)
+
+
+def test_the_factored_error_equals_the_dense_one_without_forming_products():
+    g = torch.Generator().manual_seed(3)
+    modules = lora_modules({A, B})
+    sent = [
+        (float(n), {A: torch.randn(R, D_IN, generator=g), B: torch.randn(D_OUT, R, generator=g)}) for n in (1, 4, 7)
+    ]
+    total = sum(n for n, _ in sent)
+    mean = {"m": sum(n * products(st, modules, SCALE)["m"] for n, st in sent) / total}
+    for got in (sent[0][1], {A: torch.randn(R, D_IN, generator=g), B: torch.zeros(D_OUT, R)}):
+        want = relative_error(mean, products(got, modules, SCALE))
+        assert factored_error(sent, got, modules, SCALE) == pytest.approx(want, rel=1e-6)
+    # the exact mean of rank-1 clients sharing A is found exactly (the FFA case): zero, not rounding noise
+    a = torch.randn(R, D_IN, generator=g)
+    same_a = [(n, {A: a, B: st[B]}) for n, st in sent]
+    mean_b = {A: a, B: sum(n * st[B] for n, st in same_a) / total}
+    assert factored_error(same_a, mean_b, modules, SCALE) < 1e-6
 
 
 def test_ffa_never_moves_a_and_is_exact():
@@ -134,3 +155,15 @@ def test_factor_and_error_helpers():
     assert parse_ranks("8,4", 5, 8) == [8, 4, 8, 4, 8]
     with pytest.raises(ValueError, match="each rank must be in"):
         parse_ranks("16", 2, 8)
+
+
+@pytest.mark.slow
+def test_the_7b_hub_recipes_upload_at_most_two_adapters_per_client_rank():
+    """The aggregation error no longer sends d_out x d_in products: what a client rank sends per round
+    (the code's own count, on the meta device) is at most two adapters (+ the per-client scalars)."""
+    from bench.lora_scale import RECIPES, measure
+
+    for recipe in RECIPES:
+        r = measure(recipe)
+        assert r["adapter_bytes"] < r["mean"] <= r["max"] <= 2 * r["adapter_bytes"] + 4 * 64, r
+        assert r["before_mean"] > 30 * r["adapter_bytes"]  # what the products cost

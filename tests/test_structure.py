@@ -109,9 +109,22 @@ def code_words(path: Path) -> set[str]:
     return {w.lower() for w in words}
 
 
+ALGORITHMS = ("scaffold", "teacher", "fedex", "lora", "control", "privacy", "dp_", "prox", "feddyn", "kd",
+              "distill", "compression", "flex", "ffa", "fedavg", "median", "scheme")  # fmt: skip
+
+
 def test_the_round_is_short_and_names_no_algorithm_or_task_specific():
     server = FL / "server.py"
     assert server.read_text().count("\n") <= 250
     words = " ".join(code_words(server))
-    for banned in ("scaffold", "teacher", "fedex", "label", "logits", "lora", "control", "privacy", "dp_"):
+    for banned in (*ALGORITHMS, "label", "logits"):
         assert banned not in words, f"fl/server.py names {banned!r}"
+
+
+def test_setup_and_transport_name_no_algorithm():
+    """Parts declare what they need (a model on rank 0, public rows, individual updates, a codec):
+    set-up and transport read the declarations and name no algorithm or scheme."""
+    for module in ("setup.py", "transport.py", "job.py"):
+        words = " ".join(code_words(FL / module))
+        for banned in ALGORITHMS:
+            assert banned not in words, f"fl/{module} names {banned!r}"
