@@ -22,7 +22,7 @@ from fl.config import Config, ConfigError
 RESUMABLE_KEYS = {
     "rounds", "output_dir", "run_name", "resume", "checkpoint_every", "keep_checkpoints", "save_model",
     "collective_timeout_s", "fault_inject", "device", "num_threads", "eval_batch_size", "server_device",
-    "client_allreduce", "overwrite", "log_to", "bucket_mb", "heap_trim_steps",
+    "client_allreduce", "overwrite", "log_to", "bucket_mb", "heap_trim_steps", "callbacks",
 }  # fmt: skip
 STATE = "state.safetensors"
 META = "meta.json"

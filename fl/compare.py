@@ -14,7 +14,7 @@ from fl.plots import plot_rounds
 
 # settings that never explain a difference in results: where and how a run was written
 IGNORED = {"output_dir", "run_name", "resume", "overwrite", "save_model", "checkpoint_every", "keep_checkpoints",
-           "log_to", "num_threads", "fault_inject", "collective_timeout_s"}  # fmt: skip
+           "log_to", "num_threads", "fault_inject", "collective_timeout_s", "callbacks"}  # fmt: skip
 
 
 def load_run(run_dir: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from fl.train import LocalSchedule, train_local
 
 
 def teacher_run_dir(cfg: Config) -> Path:
-    return Path(cfg.output_dir) / (cfg.run_name or f"teacher-{cfg.task}-seed{cfg.seed}")
+    return Path(cfg.output_dir) / (cfg.run_name or f"teacher-{cfg.task_name}-seed{cfg.seed}")
 
 
 def pretrain_teacher(cfg: Config) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""FedDyn (the README's worked example of a stateful part): the client term against autograd of
+"""FedDyn (the worked example of a stateful part in docs/architecture.md): the client term against autograd of
 the paper's local objective, the client and server state by hand, and a resumed run equal bit for
 bit to an uninterrupted one (the per-client state travels through the checkpoint)."""
 

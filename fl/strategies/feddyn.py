@@ -1,5 +1,5 @@
 """FedDyn (Acar et al., ICLR 2021, "Federated Learning Based on Dynamic Regularization"), written as
-one part: the worked example of a stateful algorithm in the README.
+one part: the worked example of a stateful algorithm in docs/architecture.md.
 
 Client k of round t minimises L_k(theta) - <g_k, theta> + alpha/2 * ||theta - theta^{t-1}||^2, where
 g_k is its own state (the gradient of L_k at its previous solution, 0 at first): the term's gradient
