@@ -58,4 +58,6 @@ def run(
     """
     import_user_modules()
     cfg = config if isinstance(config, Config) else load_config(config)
-    return run_job(cfg, parts=list(parts), task=task, callbacks=list(callbacks))
+    parts = [parts] if isinstance(parts, Part) else list(parts)  # one part or a list of them
+    callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+    return run_job(cfg, parts=parts, task=task, callbacks=callbacks)

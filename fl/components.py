@@ -16,8 +16,9 @@ of fl's registry (`fedprox`, `median`, ...: `REGISTRY`). A bare string stands fo
 
 The working directory is importable (as for torchtune), and `fl run --import PKG` or the
 `FL_IMPORT` environment variable (comma-separated; torchrun passes it to every rank) imports user
-packages before set-up. A callable whose signature takes `config` receives the run's `Config`.
-Every failure is a `ConfigError` that names the recipe key and the fix.
+packages (installed, on PYTHONPATH or under the working directory) on every rank before set-up,
+for what their import does (registering, patching). A callable whose signature takes `config`
+receives the run's `Config`. Every failure is a `ConfigError` that names the recipe key and the fix.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ REGISTRY = {
     "server_optimizer": "fl.strategies.server_opt:ServerOptimizer.from_config",
     "fedprox": "fl.strategies.fedprox:FedProx",
     "lora": "fl.strategies.lora_agg:LoraAggregator.from_config",
-    "scaffold": "fl.strategies.scaffold:Scaffold",
+    "scaffold": "fl.strategies.scaffold:Scaffold.from_config",
     "feddyn": "fl.strategies.feddyn:FedDyn.from_config",
     "compression": "fl.strategies.compression:Compression.from_config",
     "distillation": "fl.kd.part:Distillation.from_config",
@@ -103,6 +104,8 @@ def resolve(path: str, key: str) -> Any:
     if ":" in path:
         module_name, _, attrs = path.partition(":")
         chain = attrs.split(".")
+        if not module_name or not all(chain):
+            raise ConfigError(f"{key}: {path!r} is not a path; write module.Object or module:Object")
     else:  # the longest importable prefix is the module, the rest attributes
         parts = path.split(".")
         for cut in range(len(parts) - 1, 0, -1):
@@ -110,14 +113,17 @@ def resolve(path: str, key: str) -> Any:
                 module_name, chain = ".".join(parts[:cut]), parts[cut:]
                 break
         else:
+            what = "is a module, not a class or function" if _importable(path) else "names no module"
             raise ConfigError(
-                f"{key}: cannot import {path!r} (no module of that name); check the spelling, run from the folder "
-                "that holds your module, or pass --import PKG"
+                f"{key}: {path!r} {what}; give module.Object (check the spelling, run from the folder that holds "
+                "your module, or make it importable)"
             )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:
         raise ConfigError(f"{key}: cannot import {module_name!r} for {path!r} ({err}); check the path") from None
+    except Exception as err:  # the user's module itself fails (a SyntaxError, an error at import)
+        raise ConfigError(f"{key}: importing {module_name!r} failed: {type(err).__name__}: {err}") from None
     for attr in chain:
         if not hasattr(obj, attr):
             raise ConfigError(f"{key}: {module_name!r} has no {'.'.join(chain)!r} (from {path!r}); check the name")
@@ -130,7 +136,7 @@ def resolve(path: str, key: str) -> Any:
 def _importable(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
+    except Exception:  # a parent package that fails to import: resolve() reports it when it imports
         return False
 
 
@@ -154,10 +160,16 @@ def check_arguments(target: Any, kwargs: dict[str, Any], key: str, path: str) ->
         raise ConfigError(f"{key}: {path} {err}; it takes: {takes or 'no arguments'}") from None
 
 
-def validate(value: Any, key: str) -> None:
-    """Import the component and check its arguments (at config time: before any process works)."""
+def validate(value: Any, key: str, kind: str | None = None) -> None:
+    """Import the component, check its arguments and, when it is a class, that it is a `kind` (a
+    `module:Class` path, imported only then): at config time, before any process works."""
     path, kwargs = spec_of(value, key)
-    check_arguments(resolve(path, key), kwargs, key, path)
+    target = resolve(path, key)
+    check_arguments(target, kwargs, key, path)
+    if kind is not None and inspect.isclass(target):
+        want = resolve(kind, key)
+        if not issubclass(target, want):
+            raise ConfigError(f"{key}: {path} is not an fl.{want.__name__}; name a subclass of fl.{want.__name__}")
 
 
 def instantiate(value: Any, key: str, kind: type | tuple[type, ...] | None = None, config: Any = None) -> Any:
@@ -168,7 +180,13 @@ def instantiate(value: Any, key: str, kind: type | tuple[type, ...] | None = Non
     check_arguments(target, kwargs, key, path)
     if "config" in _parameters(target) and "config" not in kwargs:
         kwargs["config"] = config
-    obj = target(**kwargs)
+    try:
+        obj = target(**kwargs)
+    except (ValueError, TypeError) as err:  # a value the component refuses: one line naming the key
+        if isinstance(err, ConfigError):
+            raise
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{key}: {path}: {text}") from None
     if kind is not None and not isinstance(obj, kind):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise ConfigError(f"{key}: {path} built a {type(obj).__name__}, not a {names}; name a subclass of fl.{names}")

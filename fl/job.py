@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from fl.errors import RunStopped
 from fl.memory import trim_heap
 from fl.rundir import check_output_dir, clear_run_outputs
 from fl.server import Federation
-from fl.setup import Setup, prepare, restore, share_server_model
+from fl.setup import Setup, prepare, restore, setup_server_parts, share_server_model
 from fl.strategies import Part
 from fl.tasks import Task
 from fl.tracking import tracker
@@ -35,11 +36,12 @@ __all__ = ["Result", "RunStopped", "run", "run_document"]
 
 @dataclass
 class Result:
-    """What `fl.run` returns, on every rank (records and doc on rank 0 only; elsewhere empty / None)."""
+    """What `fl.run` returns, on every rank (records, state and doc on rank 0 only; elsewhere empty / None:
+    a 7B FedAvg state copied on every client rank would cost each its size in host memory)."""
 
     status: str  # completed (also after a clean early stop: see `stopped_early`)
     records: list[dict[str, Any]]  # the per-round records, as in results.json (round 0 first)
-    state: dict[str, torch.Tensor]  # the final global trainable state, by name (CPU tensors)
+    state: dict[str, torch.Tensor]  # the final global trainable state, by name (CPU tensors; rank 0 only)
     run_dir: Path
     model_path: Path | None  # the exported adapter or model folder (None with save_model=false)
     stopped_early: str | None = None  # a part's or callback's reason to stop before `rounds`
@@ -75,7 +77,6 @@ def run(
         fed = Federation(cfg, s, first_round, records, cbs)
         doc = fed.run()
         fed.reporter.finish(time.perf_counter() - start)
-        cbs.end(fed.reporter.doc)
     except BaseException as err:
         # the job is stopping: a second signal (torchrun SIGTERMs every rank when one dies) must not
         # interrupt the stop itself, which records why in results.json
@@ -86,11 +87,11 @@ def run(
         comm.shutdown(clean=isinstance(err, ConfigError) and s is None)
         if fed is not None and (isinstance(err, RunStopped | KeyboardInterrupt) or comm.is_comm_failure(err)):
             stop = stopped(cfg, fed, err, start)
-            cbs.end(fed.reporter.doc)
+            end_callbacks(cbs, fed.reporter.doc)
             raise stop from None
         if fed is not None:
             fed.reporter.finish(time.perf_counter() - start, status="failed", reason=first_line(err))
-            cbs.end(fed.reporter.doc)
+            end_callbacks(cbs, fed.reporter.doc)
         elif isinstance(err, RunStopped) and comm.launched_by_torchrun():  # e.g. a peer died while loading
             raise RunStopped(
                 f"stopped during set-up ({first_line(err)}), before any round or file; when a rank fails torchrun "
@@ -101,7 +102,17 @@ def run(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     comm.shutdown()
+    end_callbacks(cbs, fed.reporter.doc)
     return result(cfg, fed, doc)
+
+
+def end_callbacks(cbs: CallbackList, doc: dict[str, Any]) -> None:
+    """Every callback's on_train_end; one that fails is reported in a line and changes nothing of the
+    run (results.json and the model are written by then)."""
+    try:
+        cbs.end(doc)
+    except Exception as err:  # a tracker that cannot close must not turn a finished run into a failed one
+        print(f"warning: a callback's on_train_end failed: {first_line(err)}", file=sys.stderr)
 
 
 def result(cfg: Config, fed: Federation, doc: dict[str, Any] | None) -> Result:
@@ -109,7 +120,7 @@ def result(cfg: Config, fed: Federation, doc: dict[str, Any] | None) -> Result:
     return Result(
         status=(doc or {}).get("status", "completed"),
         records=list((doc or {}).get("rounds", [])),
-        state={k: v.detach().cpu() for k, v in fed.global_state.items()},
+        state={k: v.detach().cpu() for k, v in fed.global_state.items()} if fed.rt.is_main else {},
         run_dir=cfg.run_dir,
         model_path=Path(saved) if saved else None,
         stopped_early=(doc or {}).get("stopped_early"),
@@ -161,6 +172,7 @@ def set_up(
     share_server_model(cfg, s)  # type: ignore[arg-type]  # a model-free rank 0 learns the model from rank 1
     try:
         if rt.is_main:  # every check that reads comes before the first write (the run folder)
+            setup_server_parts(cfg, s)  # type: ignore[arg-type]
             first_round, records = restore(cfg, s, find_resume_point(cfg))  # type: ignore[arg-type]
             cbs = CallbackList(build_callbacks(cfg, callbacks), cfg, cfg.run_dir)
             check_output_dir(cfg.run_dir, resume=cfg.resume != "false", overwrite=cfg.overwrite)
@@ -179,6 +191,7 @@ def build_callbacks(cfg: Config, extra: Sequence[Callback]) -> list[Callback]:
     """Rank 0's callbacks: the tracker of log_to, the config's, then `extra` (from `fl.run`)."""
     out = [t] if (t := tracker(cfg.log_to)) is not None else []
     out += [instantiate(spec, f"callbacks[{i}]", Callback, config=cfg) for i, spec in enumerate(cfg.callbacks)]
+    extra = [extra] if isinstance(extra, Callback) else list(extra)
     for i, cb in enumerate(extra):
         if not isinstance(cb, Callback):
             raise ConfigError(f"callbacks[{i}] of fl.run is a {type(cb).__name__}, not an fl.Callback; subclass it")

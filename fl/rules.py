@@ -90,9 +90,9 @@ class CrossKeyRules:
         every rank, in set-up): a bad path or argument stops the run here, naming the key."""
         from fl.components import validate
 
-        for key in ("parts", "callbacks"):
+        for key, kind in (("parts", "fl.strategies.base:Part"), ("callbacks", "fl.callbacks:Callback")):
             for i, spec in enumerate(getattr(self, key)):
-                validate(spec, f"{key}[{i}]")
+                validate(spec, f"{key}[{i}]", kind)
         if isinstance(self.task, dict):
             validate(self.task, "task")
 

@@ -88,10 +88,10 @@ class Federation:
         """Rank 0's callbacks end the round; a stop they ask for reaches every rank (one broadcast, made
         only when the run has callbacks) and ends the run cleanly after this round."""
         reason = self.callbacks.round_end(record) if self.rt.is_main else None
-        if self.callbacks.stops and (reason := comm.broadcast_object(self.rt, reason)) is not None:  # type: ignore[assignment]
+        reason = comm.broadcast_object(self.rt, reason) if self.callbacks.stops else None  # type: ignore[assignment]
+        if reason is not None and record["round"] < self.cfg.rounds:  # after the last round it changes nothing
             self.stop_early(record["round"], str(reason), "stopping")
-            return True
-        return False
+        return reason is not None
 
     def stop_early(self, last: int, reason: str, what: str) -> None:
         """Stop cleanly: the last finished round checkpointed, the model exported. Every rank alike."""

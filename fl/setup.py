@@ -175,7 +175,8 @@ def model_free_server(rt: Runtime, spec: models.ModelSpec, strategy: Strategy) -
 def share_server_model(cfg: Config, s: Setup) -> None:
     """Rank 1's first trainable state, parameter counts, model path and adapter layout, and its task
     without rows, shards and public size, to a model-free rank 0 (a collective of every rank, after
-    set-up agreed: every rank built the same from the same seeds), whose parts then set up on that.
+    set-up agreed: every rank built the same from the same seeds); its parts then set up on that
+    (`setup_server_parts`).
     Tensors travel on the CPU and land on rank 0's device; the adapter is small (MiniLM r8: 0.3 MB;
     a 7B model's r16 q/v adapter: ~30 MB)."""
     if not model_free_server(s.rt, s.spec, s.strategy):  # type: ignore[arg-type]
@@ -201,7 +202,13 @@ def share_server_model(cfg: Config, s: Setup) -> None:
     layout = ({k: v.to(dev) for k, v in layout[0].items()}, layout[1]) if layout else None
     s.model, s.model_path = models.ServerModel(state, *facts["counts"], layout=layout), facts["path"]  # type: ignore[index]
     s.task, s.shards, s.public_size = facts["task"], facts["shards"], facts["public_size"]  # type: ignore[index]
-    s.strategy.setup(SetupContext(cfg, s.task, s.model, None, dev, True, False, s.public_size))
+
+
+def setup_server_parts(cfg: Config, s: Setup) -> None:
+    """A model-free rank 0's parts set up on what rank 1 sent (`share_server_model`); in set-up's
+    agreement, so a part's ConfigError there stops every rank with one line."""
+    if s.rt.is_main and model_free_server(s.rt, s.spec, s.strategy):  # type: ignore[arg-type]
+        s.strategy.setup(SetupContext(cfg, s.task, s.model, None, s.rt.device, True, False, s.public_size))
 
 
 class Clock:

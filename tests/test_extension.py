@@ -212,7 +212,7 @@ def test_a_user_aggregator_that_gathers_works_like_the_builtin_median(tmp_path, 
     for k in builtin.state:
         assert torch.equal(builtin.state[k], user.state[k]), k
     same_metrics(builtin.records, user.records)
-    with pytest.raises(fl.ConfigError, match="already names one"):  # two aggregators
+    with pytest.raises(fl.ConfigError, match="is one already"):  # two aggregators
         fl.run(fl.load_config(RECIPE, **{**over, "run_name": "both", "aggregation": "median"}), parts=[UserMedian()])
 
 
@@ -260,10 +260,12 @@ def test_a_callback_that_stops_after_round_2_leaves_a_valid_resumable_run(tmp_pa
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("parts=[{_component_: no_such_module.Part}]", "parts[0]: cannot import 'no_such_module.Part'"),
+        ("parts=[{_component_: no_such_module.Part}]", "parts[0]: 'no_such_module.Part' names no module"),
         ("parts=[{_component_: fl.strategies.FedProx, muu: 1}]", "parts[0]: fl.strategies.FedProx takes no argument"),
-        ("parts=[{_component_: fl.callbacks.EarlyStopping}]", "parts[0]: fl.callbacks.EarlyStopping built a"),
-        ("callbacks=[{_component_: fl.strategies.FedProx, mu: 1}]", "callbacks[0]: fl.strategies.FedProx built a"),
+        ("parts=[{_component_: fl.callbacks.EarlyStopping}]", "parts[0]: fl.callbacks.EarlyStopping is not an fl.Part"),
+        ("callbacks=[{_component_: fl.strategies.FedProx, mu: 1}]", "callbacks[0]: fl.strategies.FedProx is not an"),
+        ("parts=[{_component_: fl.strategies.FedProx, mu: -1}]", "parts[0]: fl.strategies.FedProx: prox_mu=-1"),
+        ("parts=[{_component_: feddyn}]", "feddyn needs feddyn_alpha > 0"),
         ("task={_component_: fl.callbacks.EarlyStopping}", "task: a EarlyStopping is not an fl.Task"),
         ("parts=[{_component_: fl.config.BIG}]", "is a int, not a class or function"),
         ("parts=[{mu: 1}]", "parts[0]: {'mu': 1} is not a component"),

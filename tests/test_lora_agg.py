@@ -80,12 +80,12 @@ def test_the_factored_error_equals_the_dense_one_without_forming_products():
     mean = {"m": sum(n * products(st, modules, SCALE)["m"] for n, st in sent) / total}
     for got in (sent[0][1], {A: torch.randn(R, D_IN, generator=g), B: torch.zeros(D_OUT, R)}):
         want = relative_error(mean, products(got, modules, SCALE))
-        assert factored_error(sent, got, modules, SCALE) == pytest.approx(want, rel=1e-6)
+        assert factored_error(sent, got, modules) == pytest.approx(want, rel=1e-6)
     # the exact mean of rank-1 clients sharing A is found exactly (the FFA case): zero, not rounding noise
     a = torch.randn(R, D_IN, generator=g)
     same_a = [(n, {A: a, B: st[B]}) for n, st in sent]
     mean_b = {A: a, B: sum(n * st[B] for n, st in same_a) / total}
-    assert factored_error(same_a, mean_b, modules, SCALE) < 1e-6
+    assert factored_error(same_a, mean_b, modules) < 1e-6
 
 
 def test_ffa_never_moves_a_and_is_exact():

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fl import models
+from fl.errors import ConfigError
 from fl.kd.teacher import TeacherServer
 from fl.models import ModelSpec
 from fl.strategies.base import (
@@ -103,6 +104,8 @@ class Distillation(Part):
     @classmethod
     def from_config(cls, config: Any) -> Distillation:
         c = config
+        if c.scheme != "fedkdlora" or not c.teacher_ckpt:
+            raise ConfigError("the distillation part is FedKDLoRA's: use scheme=fedkdlora teacher_ckpt=<folder>")
         return cls(c.kd_placement == "clients", c.kd_public_examples, c.seed, c.rounds, c.kd_alpha, c.kd_temperature,
                    config=config)  # fmt: skip
 

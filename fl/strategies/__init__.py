@@ -40,7 +40,7 @@ def builtin_parts(cfg: Config) -> list[dict[str, Any]]:
         (True, "server_optimizer", {}),
         (cfg.prox_mu > 0, "fedprox", {"mu": cfg.prox_mu}),
         (cfg.scheme in LORA_SCHEMES, "lora", {}),
-        (cfg.scaffold, "scaffold", {"num_clients": cfg.num_clients}),
+        (cfg.scaffold, "scaffold", {}),
         (cfg.feddyn_alpha > 0, "feddyn", {}),
         (cfg.update_compression != "none", "compression", {}),
         (cfg.scheme == "fedkdlora", "distillation", {}),
@@ -53,24 +53,52 @@ def build_parts(cfg: Config, extra: Sequence[Part] = ()) -> list[Part]:
     (objects from `fl.run(parts=...)`). A user part that is an `Aggregator` replaces the mean."""
     parts = [instantiate(spec, spec["_component_"], Part, config=cfg) for spec in builtin_parts(cfg)]
     user = [instantiate(spec, f"parts[{i}]", Part, config=cfg) for i, spec in enumerate(cfg.parts)]
+    extra = [extra] if isinstance(extra, Part) else list(extra)
     for i, p in enumerate(extra):
         if not isinstance(p, Part):
             raise ConfigError(f"parts[{i}] of fl.run is a {type(p).__name__}, not an fl.Part; subclass fl.Part")
     user += list(extra)
     for p in user:
         if isinstance(p, Aggregator):
-            if type(parts[0]) is not MeanAggregation:
-                raise ConfigError(
-                    f"part {type(p).__name__} is an aggregator and the config already names one "
-                    f"(aggregation={cfg.aggregation}, dp_clip={cfg.dp_clip}); keep aggregation=mean without dp_clip"
-                )
-            parts[0] = p
+            replace_mean(cfg, parts, p)
     parts += [p for p in user if not isinstance(p, Aggregator)]
+    check_parts(parts)
+    return parts
+
+
+def replace_mean(cfg: Config, parts: list[Part], aggregator: Aggregator) -> None:
+    """A user's aggregator in the mean's place: refused where another aggregator is named, or where a
+    part of the config assumes the example-weighted mean (fedex / flex fold the mean of the products,
+    FedDyn replaces the mean's server step)."""
+    if type(parts[0]) is not MeanAggregation:
+        named = type(parts[0]).__name__
+        raise ConfigError(
+            f"part {type(aggregator).__name__} is an aggregator and {named} is one already (aggregation="
+            f"{cfg.aggregation}, dp_clip={cfg.dp_clip}, or an earlier part); keep one aggregator"
+        )
+    if cfg.lora_aggregation in ("fedex", "flex") or cfg.feddyn_alpha > 0:
+        raise ConfigError(
+            f"part {type(aggregator).__name__} replaces the mean, which lora_aggregation={cfg.lora_aggregation} / "
+            f"feddyn_alpha={cfg.feddyn_alpha} assume; use lora_aggregation=fedit|ffa and feddyn_alpha=0 with it"
+        )
+    parts[0] = aggregator
+
+
+def check_parts(parts: list[Part]) -> None:
+    """Names that can prefix state (unique, no '.'), and no part that sees individual updates under DP."""
     names = [p.name for p in parts]
+    bad = [n for n in names if not n or "." in n]
+    if bad:
+        raise ConfigError(f"a part's name must be a non-empty word without '.', got {bad[0]!r}; set the class's name")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"two parts share the name {twice[0]!r} (it prefixes their checkpointed state); rename one")
-    return parts
+    if parts[0].private and any(p.gathers for p in parts):
+        gatherer = next(type(p).__name__ for p in parts if p.gathers)
+        raise ConfigError(
+            f"dp_clip with {gatherer}, which gathers every client's own update: rank 0 would see updates "
+            "before the noise is complete; drop one of the two"
+        )
 
 
 def build_strategy(cfg: Config, extra: Sequence[Part] = ()) -> Strategy:

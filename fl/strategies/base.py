@@ -146,8 +146,9 @@ class ByteCount:
 class Part:
     """One algorithm, as hooks on the round. `name` prefixes its state in checkpoints and messages.
 
-    What a part needs from set-up is declared, not asked for by name (set them in `__init__` when
-    they depend on the part's settings):
+    What a part needs from set-up is declared by the attributes below, never asked for by name (set
+    them in `__init__` when they depend on the part's settings). A hook that changes the plan returns
+    `dataclasses.replace(plan, ...)`, so that what earlier parts set (extras, a stop) stays.
     """
 
     name: str = ""

@@ -38,6 +38,8 @@ class Compression(Part):
 
     @classmethod
     def from_config(cls, config: Config) -> Compression:
+        if config.update_compression == "none":
+            raise ConfigError("the compression part needs update_compression=bf16|int8|topk")
         if config.dp:
             raise ConfigError(
                 f"update_compression={config.update_compression} with dp_clip: a compressed update's norm is no longer "

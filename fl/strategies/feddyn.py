@@ -49,6 +49,8 @@ class FedDyn(Part):
 
     @classmethod
     def from_config(cls, config: Config) -> FedDyn:
+        if config.feddyn_alpha <= 0:
+            raise ConfigError("feddyn needs feddyn_alpha > 0 (its regulariser's weight), e.g. feddyn_alpha=0.01")
         plain = config.server_optimizer == "sgd" and config.server_lr == 1.0 and config.aggregation == "mean"
         if not plain or config.dp or config.scaffold:
             raise ConfigError(

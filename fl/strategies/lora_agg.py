@@ -109,13 +109,13 @@ def relative_error(target: State, got: State) -> float:
     return (num / den) ** 0.5 if den > 0 else 0.0
 
 
-def factored_error(
-    clients: list[tuple[float, State]], got: State, modules: dict[str, tuple[str, str]], scale: float
-) -> float:
+def factored_error(clients: list[tuple[float, State]], got: State, modules: dict[str, tuple[str, str]]) -> float:
     """relative_error(M, s B A) from the factors alone: M = sum_i w_i s B_i A_i / sum_i w_i over the
     clients' (weight, adapter) and s B A from `got`, never forming a d_out x d_in matrix. Per module,
     M - s B A = s P Q with P = [w_1 B_1 .. w_n B_n, -B] / .. and Q = [A_1; ..; A_n; A], and
-    ||P Q||_F^2 = sum((P^T P) * (Q Q^T)): Gram matrices of (n+1) r rows, in float64."""
+    ||P Q||_F^2 = sum((P^T P) * (Q Q^T)): Gram matrices of (n+1) r rows, in float64. The scale s
+    cancels in the ratio. Under a lossy codec (update_compression) the clients' adapters are what
+    rank 0 decoded (top-k: with the client's residual folded in), not what they trained."""
     total = sum(w for w, _ in clients)
     if total <= 0:
         return 0.0
@@ -150,7 +150,7 @@ class LoraAggregator(Part):
     """A strategy's LoRA mode: what travels, what each client starts from, how the server combines.
 
     `modules`, `frozen` (FFA's shared A) and `base` (FedEx's W0 of each adapted module) come from
-    the model once (`from_model`), identically on every rank.
+    the model once (`setup`), identically on every rank.
     """
 
     name = "base"  # what it checkpoints: FedEx's base weights
@@ -268,7 +268,7 @@ class LoraAggregator(Part):
             own = {k: step.global_state[k].float() + v.to(step.global_state[k].device) / per
                    for k, v in msg.parts["delta"].items()}  # fmt: skip
             clients.append((weight, {**self.frozen, **own}))
-        return factored_error(clients, {**self.frozen, **step.new}, self.modules, self.scale)  # type: ignore[dict-item]
+        return factored_error(clients, {**self.frozen, **step.new}, self.modules)  # type: ignore[dict-item]
 
     def combine(self, new: State, mean_products: State) -> tuple[State, float]:
         """(the mode's global adapter, the aggregation error) from the averaged state and mean(s B_i A_i)."""

@@ -154,6 +154,8 @@ class PrivateAggregation(Aggregator):
 
     @classmethod
     def from_config(cls, config: Config) -> PrivateAggregation:
+        if not config.dp:
+            raise ConfigError("the dp part needs dp_clip=<L2 bound> (and dp_noise_multiplier); set them in the config")
         return cls(PrivacySettings.from_config(config), config.seed)
 
     def plan(self, plan: RoundPlan) -> RoundPlan:

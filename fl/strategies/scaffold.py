@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fl.config import Config
 from fl.strategies.base import (
     ByteCount,
     ClientContext,
@@ -70,6 +71,10 @@ class CorrectionTerm(ClientTerm):
 
 class Scaffold(Part):
     name = "control"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Scaffold:
+        return cls(config.num_clients)
 
     def __init__(self, num_clients: int):
         self.num_clients = num_clients

@@ -16,6 +16,7 @@ What travels, by name (`fl.message.Message`):
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,9 @@ class Strategy:
         clients = sample_clients(self.num_clients, self.clients_per_round, self.seed, round_idx)
         plan = RoundPlan(round_idx, clients, self.lr * self.round_lr_decay ** (round_idx - 1))
         for p in self.parts:
-            plan = p.plan(plan)
+            stop, plan = plan.stop, p.plan(plan)
+            if stop is not None and plan.stop is None:  # a later part cannot drop an earlier one's stop (DP's)
+                plan = dataclasses.replace(plan, stop=stop)
         return plan
 
     def downlink(self, global_state: State, next_round: int, record: dict[str, Any]) -> Message:
