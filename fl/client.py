@@ -58,8 +58,8 @@ class SequentialRunner:
         return sorted(self.shards)
 
     def examples(self, plan: RoundPlan) -> int:
-        """Examples this rank trains on in one epoch of the round."""
-        return sum(len(self.shards[c]) for c in plan.clients if c in self.shards)
+        """Rows this rank trains on in the round (every epoch, up to max_local_steps batches a client)."""
+        return sum(self.schedule.examples_for(len(self.shards[c])) for c in plan.clients if c in self.shards)
 
     def train(
         self, plan: RoundPlan, global_state: State, on_step: Callable[[int], None] | None = None

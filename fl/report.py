@@ -146,17 +146,24 @@ class Reporter:
         self.progress.start()
         self._round_task = self.progress.add_task("rounds", total=rounds, rate=None)
         self._step_task = self.progress.add_task("local examples", total=None, visible=False, rate=None)
+        self._done, self._round_rows, self._seen = 0, 0, 0  # rounds finished; this round's rows, and seen
 
     def round_started(self, round_idx: int, local_examples: int | None) -> None:
         """local_examples: examples this process will train on this round (None when others train)."""
         if self.progress is not None and local_examples:
+            self._round_rows, self._seen = local_examples, 0
             self.progress.reset(
                 self._step_task, total=local_examples, visible=True, description=f"round {round_idx} local examples"
             )
 
     def step(self, examples: int = 1) -> None:
+        """A local step's rows: the rounds bar moves with them too, so its time left shows from the first
+        steps (scoring, which follows each round's training, is in its rate from round 2 on)."""
         if self.progress is not None:
             self.progress.advance(self._step_task, examples)
+            self._seen += examples
+            part = min(self._seen / self._round_rows, 0.99) if self._round_rows else 0.0
+            self.progress.update(self._round_task, completed=self._done + part)
 
     def stop(self) -> None:
         if self.progress is not None:
@@ -176,7 +183,8 @@ class Reporter:
         if self.progress is not None and rec["round"] > 0:
             seen, busy = rec.get("examples_trained"), rec.get("time_train_s")
             rate = seen / busy if seen and busy else None
-            self.progress.update(self._round_task, advance=1, rate=rate)
+            self._done += 1
+            self.progress.update(self._round_task, completed=self._done, rate=rate)
         parts = [f"{k}={_fmt(rec.get(k))}" for k in self.columns if k in rec and k != "round"]
         self.log(f"round {rec['round']}: " + "  ".join(parts))
 

@@ -118,7 +118,7 @@ class Federation:
         """This rank's sampled clients, trained by the runner; their messages into this rank's upload.
         `template`: zeros with every name the round's upload carries."""
         t0 = time.perf_counter()
-        self.reporter.round_started(plan.round, self.s.runner.examples(plan) * self.cfg.local_epochs)
+        self.reporter.round_started(plan.round, self.s.runner.examples(plan))
         upload = Uplink(self.strategy, template, plan)
         for u in self.s.runner.train(plan, self.global_state, self.reporter.step):
             upload.add(u.client, self.strategy.client_message(template, u, plan))

@@ -55,6 +55,10 @@ class LocalSchedule:
         steps = self.epochs * -(-num_examples // self.batch_size)
         return min(steps, self.max_steps) if self.max_steps else steps
 
+    def examples_for(self, num_examples: int) -> int:
+        """Rows one client round goes through (every epoch, up to `max_steps` batches)."""
+        return min(self.epochs * num_examples, self.steps_for(num_examples) * self.batch_size)
+
     def at(self, lr: float) -> LocalSchedule:
         """The same schedule at a round's learning rate."""
         return replace(self, lr=lr)

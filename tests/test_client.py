@@ -24,7 +24,7 @@ def test_runner_yields_each_sampled_client_once_with_its_change(tiny_overrides):
     seen = []
     updates = list(s.runner.train(plan, glob, seen.append))
     assert [u.client for u in updates] == list(plan.clients) and len(plan.clients) == 2
-    assert sum(seen) == s.runner.examples(plan) == sum(len(s.shards[c]) for c in plan.clients)
+    assert sum(seen) == s.runner.examples(plan) == sum(len(s.shards[c]) for c in plan.clients)  # 1 epoch, no cap
     for u in updates:
         assert set(u.delta) == set(glob) and u.reject == 0 and u.num_examples == len(s.shards[u.client])
         assert any(float(v.abs().max()) > 0 for v in u.delta.values())
@@ -48,3 +48,17 @@ def test_faults_parse_and_hit_only_their_target():
     g = Faults.parse("exit:rank=1:round=3")
     assert g.hits("rank", 1, 3) and not g.hits("rank", 1, 2) and not g.poisons(1, 3)
     assert not Faults.parse(None).poisons(0, 1)
+
+
+def test_the_rows_a_round_trains_count_max_local_steps(tiny_overrides):
+    """What the progress bars expect is what training steps through: with max_local_steps too."""
+    from fl.train import LocalSchedule
+
+    assert LocalSchedule(1e-3, epochs=2, batch_size=16, max_steps=8).examples_for(500) == 128
+    assert LocalSchedule(1e-3, epochs=2, batch_size=16).examples_for(40) == 80
+    s = setup_of(tiny_overrides, "max_local_steps=2")
+    glob = models.snapshot(models.get_trainable_state(s.model))
+    plan = s.strategy.plan_round(1)
+    seen = []
+    list(s.runner.train(plan, glob, seen.append))
+    assert sum(seen) == s.runner.examples(plan) == 2 * 16 * len(plan.clients)
