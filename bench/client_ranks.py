@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m bench.client_ranks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1000, help="train rows before the 20%% public slice")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--schemes", default="fedlora,fedavg", help="comma-separated: fedlora, fedavg")
     add_common_args(ap)
     args = ap.parse_args(argv)
     if args.quick:
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.quick:
         common += ["max_length=32", "max_eval_samples=40"]
     results: dict[str, Any] = {}
-    for scheme, extra in (("fedlora", []), ("fedavg", ["scheme=fedavg", "lr=5e-5"])):
+    schemes = {"fedlora": [], "fedavg": ["scheme=fedavg", "lr=5e-5"]}
+    for scheme, extra in ((s, schemes[s]) for s in args.schemes.split(",")):
         for k in (1, 2):
             name = f"{scheme}-k{k}"
             doc = run_torchrun("fedlora.yaml", [*common, *extra, f"ranks_per_client={k}", f"run_name={name}"],
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "examples_per_rank": recs[-1]["examples_per_rank"],
                 "wall_s": doc["wall_s"],
             }
-    for scheme in ("fedlora", "fedavg"):
+    for scheme in args.schemes.split(","):
         n = results[f"{scheme}-k1"]["trainable_parameters"]
         results[f"{scheme}-allreduce_s"] = allreduce_s(n, 3 if args.quick else 20)
     return render(args, results, Path(args.out), argv)
@@ -94,14 +96,14 @@ def main(argv: list[str] | None = None) -> Path:
 
 def render(args: argparse.Namespace, results: dict[str, Any], out: Path, argv: list[str] | None) -> Path:
     name = f"client-ranks{'-quick' if args.quick else ''}"
-    rows = []
-    for scheme in ("fedlora", "fedavg"):
+    rows, schemes = [], [s for s in ("fedlora", "fedavg") if f"{s}-k1" in results]
+    for scheme in schemes:
         for k in (1, 2):
             r = results[f"{scheme}-k{k}"]
             rows.append([scheme, k, 1 + 2 * k, r["round_s"], r["train_s"], r["final_test_accuracy"], r["wall_s"]])
     steps = -(-args.rows * 8 // 10 // 2 // 16)  # optimizer steps per client and round (batch 16)
     ar = [[s, results[f"{s}-k1"]["trainable_parameters"], results[f"{s}-allreduce_s"],
-           results[f"{s}-allreduce_s"] * steps] for s in ("fedlora", "fedavg")]  # fmt: skip
+           results[f"{s}-allreduce_s"] * steps] for s in schemes]  # fmt: skip
     body = (
         f"{args.model}, 2 clients x {args.rows * 8 // 10 // 2} Rotten Tomatoes rows, batch 16 (each of k ranks "
         f"takes 8 rows when k = 2), {args.rounds} rounds, lora_dropout 0, torchrun on this machine's cores: with "
