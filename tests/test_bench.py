@@ -164,7 +164,7 @@ def test_batched_quick(tmp_path, tiny_model_dir):
 
     path = batched.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
     doc = json.loads(path.with_suffix(".json").read_text())
-    assert set(doc) >= {"sequential-1", "batched-2", "plain-2"} and doc["batched-2"]["examples"] == 2 * 16
+    assert set(doc) >= {"sequential-2", "batched-2", "plain-2"} and doc["batched-2"]["examples"] == 2 * 16
     assert "python -m bench.batched" in path.read_text()
 
 
