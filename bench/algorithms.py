@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
-from fl.plots import plot_rounds
+from fl.output.plots import plot_rounds
 
 # (label, overrides): the settings were not tuned on this workload; FedAdam and FedProx run at two
 # settings each, since their first guess (server lr 0.01, mu 0.1) is visibly off here (see the report)
@@ -49,11 +49,23 @@ def main(argv: list[str] | None = None) -> Path:
         args.rounds, args.max_train_samples, args.max_eval_samples = 2, 160, 40
     runs = RUNS / f"algorithms{'-quick' if args.quick else ''}"
     common = [
-        "task=sst2", f"data_dir={args.data_dir}", f"num_clients={args.clients}", f"clients_per_round={args.per_round}",
-        "partition=dirichlet", f"dirichlet_alpha={args.alpha}", f"rounds={args.rounds}", "teacher_data_pct=0",
-        f"max_train_samples={args.max_train_samples}", f"model={args.model}", "seed=42", "lr=2e-3",
-        f"output_dir={runs}", "save_model=false", "checkpoint_every=0", "overwrite=true",
-    ]  # fmt: skip
+        "task=sst2",
+        f"data_dir={args.data_dir}",
+        f"num_clients={args.clients}",
+        f"clients_per_round={args.per_round}",
+        "partition=dirichlet",
+        f"dirichlet_alpha={args.alpha}",
+        f"rounds={args.rounds}",
+        "teacher_data_pct=0",
+        f"max_train_samples={args.max_train_samples}",
+        f"model={args.model}",
+        "seed=42",
+        "lr=2e-3",
+        f"output_dir={runs}",
+        "save_model=false",
+        "checkpoint_every=0",
+        "overwrite=true",
+    ]
     if args.max_eval_samples:
         common.append(f"max_eval_samples={args.max_eval_samples}")
     if args.quick:
@@ -68,17 +80,28 @@ def main(argv: list[str] | None = None) -> Path:
 
 def render(args: argparse.Namespace, results: dict[str, dict[str, Any]], out: Path, argv: list[str] | None) -> Path:
     name = f"algorithms{'-quick' if args.quick else ''}"
-    plot_rounds({k: v["rounds"] for k, v in results.items()}, ["test_accuracy", "test_loss"], out / f"{name}.png",
-                title=f"SST-2, Dirichlet {args.alpha}")  # fmt: skip
+    plot_rounds(
+        {k: v["rounds"] for k, v in results.items()},
+        ["test_accuracy", "test_loss"],
+        out / f"{name}.png",
+        title=f"SST-2, Dirichlet {args.alpha}",
+    )
     rows, curves = [], []
     for label, doc in results.items():
         recs = doc["rounds"]
         per = recs[1:]
-        rows.append([
-            label, recs[-1]["test_accuracy"], max(r["test_accuracy"] for r in per), recs[-1]["test_loss"],
-            round(sum(r["bytes_up"] for r in per) / len(per)), round(sum(r["bytes_down"] for r in per) / len(per)),
-            round(sum(r["wire_bytes_up"] + r["wire_bytes_down"] for r in per) / len(per)), doc["elapsed_s"],
-        ])  # fmt: skip
+        rows.append(
+            [
+                label,
+                recs[-1]["test_accuracy"],
+                max(r["test_accuracy"] for r in per),
+                recs[-1]["test_loss"],
+                round(sum(r["bytes_up"] for r in per) / len(per)),
+                round(sum(r["bytes_down"] for r in per) / len(per)),
+                round(sum(r["wire_bytes_up"] + r["wire_bytes_down"] for r in per) / len(per)),
+                doc["elapsed_s"],
+            ]
+        )
         curves.append([label] + [r["test_accuracy"] for r in recs])
     sampled = [r["sampled_clients"] for r in next(iter(results.values()))["rounds"][1:]]
     shards = next(iter(results.values()))["client_examples"]
@@ -104,7 +127,7 @@ def render(args: argparse.Namespace, results: dict[str, dict[str, Any]], out: Pa
                 "total s",
             ],
             rows,
-        )  # fmt: skip
+        )
         + "\nReading it: with AdamW on the clients, FedProx's proximal gradient mu * (w - w_global) is "
         "normalised per coordinate like the task's gradient, so it dominates wherever the task's gradient is "
         "small; mu must be far smaller than with SGD clients. The server optimizers' learning rates set how "

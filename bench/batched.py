@@ -24,8 +24,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def measure(way: str, k: int, args: argparse.Namespace) -> dict[str, Any]:
     """One measurement in a fresh process (its own peak memory): examples/s of one round's training."""
-    cmd = [sys.executable, "-m", "bench.batched", "--one", way, str(k), "--model", args.model,
-           "--rows", str(args.rows), "--batch-size", str(args.batch_size), "--device", args.device]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.batched",
+        "--one",
+        way,
+        str(k),
+        "--model",
+        args.model,
+        "--rows",
+        str(args.rows),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=3600)
     if out.returncode != 0:
@@ -41,20 +55,29 @@ def one(way: str, k: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from fl import comm, models
-    from fl.recipe import load_config
+    from fl.config.recipe import load_config
     from fl.setup import prepare
 
-    over = ["precision=fp32", "group_by_length=false", f"model={args.model}", f"num_clients={k}",
-            f"max_train_samples={k * args.rows}",
-            "teacher_data_pct=0",
-            "max_eval_samples=8", "lora_dropout=0", f"batch_size={args.batch_size}", f"device={args.device}",
-            f"parallel_clients={k if way == 'batched' else 1}", "aggregation_error=false"]  # fmt: skip
+    over = [
+        "precision=fp32",
+        "group_by_length=false",
+        f"model={args.model}",
+        f"num_clients={k}",
+        f"max_train_samples={k * args.rows}",
+        "teacher_data_pct=0",
+        "max_eval_samples=8",
+        "lora_dropout=0",
+        f"batch_size={args.batch_size}",
+        f"device={args.device}",
+        f"parallel_clients={k if way == 'batched' else 1}",
+        "aggregation_error=false",
+    ]
     s = prepare(load_config(ROOT / "recipes" / "fedlora.yaml", over), comm.Runtime(device=torch.device(args.device)))
     glob = models.snapshot(models.get_trainable_state(s.model))
     plan = s.strategy.plan_round(1)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     if way == "plain":  # one adapter over the K clients' rows together, K x B rows a step: the ceiling
-        from fl.train import LocalSchedule, train_local
+        from fl.client.train import LocalSchedule, train_local
 
         data = s.task.encode(s.tokenizer, s.task.train)
         sched = LocalSchedule(2e-3, 1, args.batch_size * k)
@@ -73,8 +96,15 @@ def one(way: str, k: int, args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
-    return {"way": way, "k": k, "examples": seen, "seconds": seconds, "examples_per_s": seen / seconds,
-            "peak_rss_mib": peak, "peak_gpu_mib": gpu}  # fmt: skip
+    return {
+        "way": way,
+        "k": k,
+        "examples": seen,
+        "seconds": seconds,
+        "examples_per_s": seen / seconds,
+        "peak_rss_mib": peak,
+        "peak_gpu_mib": gpu,
+    }
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -100,9 +130,18 @@ def render(args: argparse.Namespace, results: dict[str, Any], out: Path, argv: l
     rows = []
     for k in args.ks:
         seq, bat, plain = (results[f"{w}-{k}"] for w in ("sequential", "batched", "plain"))
-        rows.append([k, seq["examples_per_s"], bat["examples_per_s"], plain["examples_per_s"],
-                     bat["examples_per_s"] / seq["examples_per_s"], bat["examples_per_s"] / plain["examples_per_s"],
-                     seq["peak_rss_mib"], bat["peak_rss_mib"]])  # fmt: skip
+        rows.append(
+            [
+                k,
+                seq["examples_per_s"],
+                bat["examples_per_s"],
+                plain["examples_per_s"],
+                bat["examples_per_s"] / seq["examples_per_s"],
+                bat["examples_per_s"] / plain["examples_per_s"],
+                seq["peak_rss_mib"],
+                bat["peak_rss_mib"],
+            ]
+        )
     body = (
         f"{args.model} + LoRA r8 (q/v) and the head, {args.rows} Rotten Tomatoes rows per client, batch "
         f"{args.batch_size} per client, fp32, device {args.device}; one round of K clients' local training "
@@ -121,7 +160,7 @@ def render(args: argparse.Namespace, results: dict[str, Any], out: Path, argv: l
                 "batched peak RSS MiB",
             ],
             rows,
-        )  # fmt: skip
+        )
     )
     path = write_report("bench.batched", name, "Batched client training", body, results, out, argv=argv)
     print(path.read_text())

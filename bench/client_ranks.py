@@ -22,13 +22,15 @@ from bench.common import RUNS, add_common_args, md_table, run_torchrun, write_re
 
 def allreduce_s(numel: int, repeats: int) -> float:
     """Median seconds of one gloo all-reduce of `numel` fp32 values between 2 processes."""
+    import socket
+
     import torch.multiprocessing as mp
 
-    from tests.dist_utils import free_port
-
+    with socket.socket() as s:  # a free port for the two processes' rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = free_port()
     procs = [ctx.Process(target=_allreduce_worker, args=(r, port, numel, repeats, queue)) for r in range(2)]
     for p in procs:
         p.start()
@@ -66,10 +68,18 @@ def main(argv: list[str] | None = None) -> Path:
         args.rows, args.rounds = 120, 1
     runs = RUNS / f"client-ranks{'-quick' if args.quick else ''}"
     common = [
-        f"model={args.model}", "num_clients=2", f"rounds={args.rounds}", f"max_train_samples={args.rows}",
-        "max_eval_samples=200", f"output_dir={runs}", "save_model=false", "overwrite=true", "checkpoint_every=0",
-        "lora_dropout=0", "batch_size=16",
-    ]  # fmt: skip
+        f"model={args.model}",
+        "num_clients=2",
+        f"rounds={args.rounds}",
+        f"max_train_samples={args.rows}",
+        "max_eval_samples=200",
+        f"output_dir={runs}",
+        "save_model=false",
+        "overwrite=true",
+        "checkpoint_every=0",
+        "lora_dropout=0",
+        "batch_size=16",
+    ]
     if args.quick:
         common += ["max_length=32", "max_eval_samples=40"]
     results: dict[str, Any] = {}
@@ -77,8 +87,9 @@ def main(argv: list[str] | None = None) -> Path:
     for scheme, extra in ((s, schemes[s]) for s in args.schemes.split(",")):
         for k in (1, 2):
             name = f"{scheme}-k{k}"
-            doc = run_torchrun("fedlora.yaml", [*common, *extra, f"ranks_per_client={k}", f"run_name={name}"],
-                               1 + 2 * k, runs / name)  # fmt: skip
+            doc = run_torchrun(
+                "fedlora.yaml", [*common, *extra, f"ranks_per_client={k}", f"run_name={name}"], 1 + 2 * k, runs / name
+            )
             recs = doc["rounds"][1:]
             results[name] = {
                 "round_s": sum(r["time_s"] for r in recs) / len(recs),
@@ -102,8 +113,15 @@ def render(args: argparse.Namespace, results: dict[str, Any], out: Path, argv: l
             r = results[f"{scheme}-k{k}"]
             rows.append([scheme, k, 1 + 2 * k, r["round_s"], r["train_s"], r["final_test_accuracy"], r["wall_s"]])
     steps = -(-args.rows * 8 // 10 // 2 // 16)  # optimizer steps per client and round (batch 16)
-    ar = [[s, results[f"{s}-k1"]["trainable_parameters"], results[f"{s}-allreduce_s"],
-           results[f"{s}-allreduce_s"] * steps] for s in schemes]  # fmt: skip
+    ar = [
+        [
+            s,
+            results[f"{s}-k1"]["trainable_parameters"],
+            results[f"{s}-allreduce_s"],
+            results[f"{s}-allreduce_s"] * steps,
+        ]
+        for s in schemes
+    ]
     body = (
         f"{args.model}, 2 clients x {args.rows * 8 // 10 // 2} Rotten Tomatoes rows, batch 16 (each of k ranks "
         f"takes 8 rows when k = 2), {args.rounds} rounds, lora_dropout 0, torchrun on this machine's cores: with "
@@ -112,13 +130,12 @@ def render(args: argparse.Namespace, results: dict[str, Any], out: Path, argv: l
         + md_table(
             ["scheme", "ranks per client", "processes", "s / round", "train s / round", "final accuracy", "wall s"],
             rows,
-        )  # fmt: skip
+        )
         + "\nDDP's gradient all-reduce on its own (gloo, 2 processes, 1 thread each, median of repeats), and "
         f"what it adds per client and round at {steps} steps:\n\n"
         + md_table(["scheme", "trainable values", "one all-reduce s", "per client round s"], ar)
     )
-    path = write_report("bench.client_ranks", name, "Clients of one and of two ranks", body, results, out,
-                        argv=argv)  # fmt: skip
+    path = write_report("bench.client_ranks", name, "Clients of one and of two ranks", body, results, out, argv=argv)
     print(path.read_text())
     return path
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
-from fl.plots import plot_rounds
+from fl.output.plots import plot_rounds
 
 STAGE1 = [  # (label, overrides): the pooler question first, then the learning rate
     ("lr 2e-3, query,value (the old recipe)", ["lr=2e-3"]),
@@ -52,9 +52,17 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     runs = RUNS / f"cola-sweep{'-quick' if args.quick else ''}"
     common = [
-        "task=cola", f"data_dir={args.data_dir}", f"model={args.model}", "seed=42", "teacher_data_pct=20",
-        f"output_dir={runs}", "save_model=false", "checkpoint_every=0", "overwrite=true", "batch_size=16",
-    ]  # fmt: skip
+        "task=cola",
+        f"data_dir={args.data_dir}",
+        f"model={args.model}",
+        "seed=42",
+        "teacher_data_pct=20",
+        f"output_dir={runs}",
+        "save_model=false",
+        "checkpoint_every=0",
+        "overwrite=true",
+        "batch_size=16",
+    ]
     if args.quick:
         args.epochs, args.fed_rounds = 1, 1
         common += ["max_train_samples=120", "max_eval_samples=60", "max_length=32"]
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> Path:
         "results": {
             k: {"rounds": v["rounds"], "elapsed_s": v["elapsed_s"], "overrides": overs.get(k)}
             for k, v in results.items()
-        },  # fmt: skip
+        },
         "best_centralized": ranked[0][0],
     }
     return render(args, data, Path(args.out), argv)
@@ -89,13 +97,24 @@ def main(argv: list[str] | None = None) -> Path:
 def render(args: argparse.Namespace, data: dict[str, Any], out: Path, argv: list[str] | None) -> Path:
     name = f"cola-sweep{'-quick' if args.quick else ''}"
     results = data["results"]
-    plot_rounds({k: v["rounds"] for k, v in results.items()}, ["test_mcc", "test_loss"], out / f"{name}.png",
-                title="CoLA", dashed=[k for k in results if not k.startswith("3")])  # fmt: skip
+    plot_rounds(
+        {k: v["rounds"] for k, v in results.items()},
+        ["test_mcc", "test_loss"],
+        out / f"{name}.png",
+        title="CoLA",
+        dashed=[k for k in results if not k.startswith("3")],
+    )
     rows = [
-        [k, v["rounds"][-1]["test_mcc"], max(r["test_mcc"] for r in v["rounds"]), v["rounds"][-1]["test_accuracy"],
-         v["rounds"][-1]["train_loss"], v["elapsed_s"]]
+        [
+            k,
+            v["rounds"][-1]["test_mcc"],
+            max(r["test_mcc"] for r in v["rounds"]),
+            v["rounds"][-1]["test_accuracy"],
+            v["rounds"][-1]["train_loss"],
+            v["elapsed_s"],
+        ]
         for k, v in results.items()
-    ]  # fmt: skip
+    ]
     curves = [[k] + [r["test_mcc"] for r in v["rounds"]] for k, v in results.items()]
     width = max(len(v["rounds"]) for v in results.values())
     body = (

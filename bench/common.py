@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from fl.recipe import load_config
-from fl.report import cpu_model
-from fl.rundir import atomic_write_json
+from fl.config.recipe import load_config
+from fl.output.report import cpu_model
+from fl.output.rundir import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "bench" / "reports"
@@ -140,8 +140,8 @@ def sst2_shards(
     """The reference workload's data as (text, label) rows: (train rows fl reads, the contiguous
     client shards fl builds from them after its 20% public slice, the SST-2 dev rows)."""
     from fl.config import Config
-    from fl.data import load_labelled
-    from fl.partition import partition, public_split
+    from fl.data.labelled import load_labelled
+    from fl.data.partition import partition, public_split
 
     n_train = int(clients * per_client / 0.8)  # fl keeps its 20% public slice out of the clients
     cfg = Config(task="sst2", data_dir=data_dir, max_train_samples=n_train, max_eval_samples=max_eval)

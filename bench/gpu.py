@@ -1,7 +1,7 @@
 """The GPU benchmark: on whatever device is present (CUDA when there is one), four measurements in
 one run. Writes bench/reports/gpu.{md,json} naming the device.
 
-1. Client speed: one fl client's local training (fl.client.train_local) against the plain
+1. Client speed: one fl client's local training (fl.client.runners.train_local) against the plain
    transformers + peft loop (bench.plain.train_client) on the same device, model, batch, sequence
    length and optimizer (AdamW, weight decay 0); examples/s of each, same run, alternating, best of
    --repeats. Target: fl / plain >= 0.9. Also fl with precision=bf16.
@@ -55,10 +55,10 @@ def bert_base_from_config(tokenizer_from: str, out: Path) -> tuple[str, int]:
 def client_speed(model_path: str, rows: list, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """examples/s of fl's client loop and of the plain loop, same work, best of --repeats each."""
     from fl import models
+    from fl.client.train import LocalSchedule, train_local
     from fl.config import Config
-    from fl.data import TextDataset
+    from fl.data.labelled import TextDataset
     from fl.tasks.classify import ClassifyTask, encode
-    from fl.train import LocalSchedule, train_local
 
     cfg = Config(model=model_path, lora_target_modules="query,value")
     data = TextDataset.from_lists([t for t, _ in rows], [y for _, y in rows])
@@ -74,8 +74,16 @@ def client_speed(model_path: str, rows: list, device: torch.device, args: argpar
             sync(device)
             t0 = time.perf_counter()
             if name == "plain":
-                plain.train_client(plain_model, plain_tok, rows, lr=2e-3, seed=rep, batch_size=args.batch_size,
-                                   max_length=args.max_length, device=device)  # fmt: skip
+                plain.train_client(
+                    plain_model,
+                    plain_tok,
+                    rows,
+                    lr=2e-3,
+                    seed=rep,
+                    batch_size=args.batch_size,
+                    max_length=args.max_length,
+                    device=device,
+                )
             else:
                 precision = "bf16" if name == "fl_bf16" else "fp32"
                 schedule = LocalSchedule(2e-3, 1, args.batch_size, precision=precision)
@@ -96,11 +104,21 @@ def round_times(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     out = {}
     for ranks in args.ranks:
         over = [
-            "task=sst2", f"data_dir={args.data_dir}", f"model={args.model}", "num_clients=4", "rounds=2",
-            f"max_train_samples={args.fed_rows}", f"max_eval_samples={args.eval_rows}", f"output_dir={runs}",
-            f"run_name=ranks{ranks}", "save_model=false", "checkpoint_every=0", "overwrite=true",
-            f"device={'cuda' if torch.cuda.is_available() else 'cpu'}", f"batch_size={args.batch_size}",
-        ]  # fmt: skip
+            "task=sst2",
+            f"data_dir={args.data_dir}",
+            f"model={args.model}",
+            "num_clients=4",
+            "rounds=2",
+            f"max_train_samples={args.fed_rows}",
+            f"max_eval_samples={args.eval_rows}",
+            f"output_dir={runs}",
+            f"run_name=ranks{ranks}",
+            "save_model=false",
+            "checkpoint_every=0",
+            "overwrite=true",
+            f"device={'cuda' if torch.cuda.is_available() else 'cpu'}",
+            f"batch_size={args.batch_size}",
+        ]
         doc = run_torchrun("fedlora.yaml", over, ranks + 1, runs / f"ranks{ranks}")
         recs = doc["rounds"][1:]
         out[str(ranks)] = {
@@ -117,7 +135,7 @@ def round_times(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
 COLLECTIVE = r"""
 import json, os, sys, time, torch
 from fl import comm
-from fl.message import Message
+from fl.comm.message import Message
 mb, backend, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 rt = comm.init("cuda" if backend == "nccl" else "cpu", num_threads=1)
 n = mb * 2**20 // 4
@@ -149,8 +167,17 @@ def collective_bandwidth(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             script, result = Path(tmp) / "c.py", Path(tmp) / "r.json"
             script.write_text(COLLECTIVE)
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-                   str(args.message_mb), backend, str(result)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                str(script),
+                str(args.message_mb),
+                backend,
+                str(result),
+            ]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=600)
             out[backend] = json.loads(result.read_text()) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
@@ -201,10 +228,16 @@ def render(args: argparse.Namespace, data: dict[str, Any], out: Path, argv: list
         for model, v in data["client_speed"].items()
     ]
     round_rows = [
-        [ranks, v["layout"]["case"], round(v["round_s"], 2), round(v["train_s"], 2), round(v["eval_s"], 2),
-         ", ".join(f"{m.get('peak_gpu_mib', m['peak_rss_mib']):.0f}" for m in v["peak_memory_per_rank"] or [])]
+        [
+            ranks,
+            v["layout"]["case"],
+            round(v["round_s"], 2),
+            round(v["train_s"], 2),
+            round(v["eval_s"], 2),
+            ", ".join(f"{m.get('peak_gpu_mib', m['peak_rss_mib']):.0f}" for m in v["peak_memory_per_rank"] or []),
+        ]
         for ranks, v in data["round_times"].items()
-    ]  # fmt: skip
+    ]
     coll_rows = [
         [b, *(f"{v.get(k, 0) / 1e9:.2f}" if "error" not in v else v["error"][:60] for k in ("broadcast", "reduce_sum"))]
         for b, v in data["collectives"].items()
@@ -220,7 +253,7 @@ def render(args: argparse.Namespace, data: dict[str, Any], out: Path, argv: list
         "sharing the device (torchrun):\n\n"
         + md_table(
             ["client ranks", "layout", "s / round", "training s", "scoring s", "peak memory per rank (MiB)"], round_rows
-        )  # fmt: skip
+        )
         + f"\nCollectives between 2 ranks, one {args.message_mb} MiB message (GB/s of payload moved):\n\n"
         + md_table(["backend", "broadcast", "reduce"], coll_rows)
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
-from fl.plots import plot_rounds
+from fl.output.plots import plot_rounds
 
 SCHEMES = [  # (label, run name, recipe, extra overrides)
     ("FedLoRA (fedit)", "fedlora", "llm-sentiment.yaml", []),
@@ -25,7 +25,7 @@ SCHEMES = [  # (label, run name, recipe, extra overrides)
         "kd-clients",
         "llm-sentiment.yaml",
         ["scheme=fedkdlora", "kd_placement=clients"],
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -45,18 +45,29 @@ def main(argv: list[str] | None = None) -> Path:
         args.rounds, args.max_train_samples, args.max_eval_samples = 1, 80, 16
     runs = RUNS / f"llm{'-quick' if args.quick else ''}"
     common = [
-        f"model={args.model}", f"teacher_model={args.model}", f"num_clients={args.clients}", f"rounds={args.rounds}",
-        f"max_train_samples={args.max_train_samples}", f"max_eval_samples={args.max_eval_samples}",
-        f"output_dir={runs}", "save_model=false", "overwrite=true", "checkpoint_every=0", f"kd_top_k={args.top_k}",
-        "kd_public_examples=64", "teacher_pretrain_epochs=2", "teacher_lr=1e-4", "distill_lr=2e-5",
+        f"model={args.model}",
+        f"teacher_model={args.model}",
+        f"num_clients={args.clients}",
+        f"rounds={args.rounds}",
+        f"max_train_samples={args.max_train_samples}",
+        f"max_eval_samples={args.max_eval_samples}",
+        f"output_dir={runs}",
+        "save_model=false",
+        "overwrite=true",
+        "checkpoint_every=0",
+        f"kd_top_k={args.top_k}",
+        "kd_public_examples=64",
+        "teacher_pretrain_epochs=2",
+        "teacher_lr=1e-4",
+        "distill_lr=2e-5",
         "student_layers=none",
-    ]  # fmt: skip
+    ]
     if args.quick:
         common += ["max_length=48", "kd_public_examples=8", "teacher_pretrain_epochs=1"]
     common += args.overrides
 
-    from fl.pretrain import pretrain_teacher, teacher_run_dir
-    from fl.recipe import load_config
+    from fl.config.recipe import load_config
+    from fl.kd.pretrain import pretrain_teacher, teacher_run_dir
 
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     teacher_cfg = load_config(recipes / "llm-sentiment.yaml", [*common, "run_name=teacher"])
@@ -77,7 +88,7 @@ def main(argv: list[str] | None = None) -> Path:
         "results": {
             k: {key: v[key] for key in ("rounds", "elapsed_s", "total_parameters", "trainable_parameters")}
             for k, v in results.items()
-        },  # fmt: skip
+        },
     }
     return render(args, data, Path(args.out), argv)
 
@@ -126,11 +137,12 @@ def render(args: argparse.Namespace, data: dict[str, Any], out: Path, argv: list
         + md_table(
             ["scheme", "adapter up", "full model up", "top-k logits", "dense logits", "s / round"],
             byte_rows(args, results, vocab),
-        )  # fmt: skip
+        )
         + f"\n![per-round accuracy and perplexity]({name}.png)\n"
     )
-    path = write_report("bench.llm", name, "Causal LLM: FedLoRA, FFA-LoRA, FedKDLoRA on token logits", body, data,
-                        out, argv=argv)  # fmt: skip
+    path = write_report(
+        "bench.llm", name, "Causal LLM: FedLoRA, FFA-LoRA, FedKDLoRA on token logits", body, data, out, argv=argv
+    )
     print(path.read_text())
     return path
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, write_report
 from bench.schemes import task_lora_settings
-from fl.plots import plot_rounds
+from fl.output.plots import plot_rounds
 
 MODES = [  # (label, overrides)
     ("fedit", ["lora_aggregation=fedit"]),
@@ -55,11 +55,20 @@ def main(argv: list[str] | None = None) -> Path:
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for task in args.tasks.split(","):
         common = [
-            f"task={task}", f"data_dir={args.data_dir}", f"model={args.model}", "num_clients=4", "teacher_data_pct=0",
-            f"rounds={args.rounds}", f"max_train_samples={args.max_train_samples}",
-            f"max_eval_samples={args.max_eval_samples}", f"output_dir={runs}", "save_model=false",
-            "checkpoint_every=0", "overwrite=true", *task_lora_settings(task),
-        ]  # fmt: skip
+            f"task={task}",
+            f"data_dir={args.data_dir}",
+            f"model={args.model}",
+            "num_clients=4",
+            "teacher_data_pct=0",
+            f"rounds={args.rounds}",
+            f"max_train_samples={args.max_train_samples}",
+            f"max_eval_samples={args.max_eval_samples}",
+            f"output_dir={runs}",
+            "save_model=false",
+            "checkpoint_every=0",
+            "overwrite=true",
+            *task_lora_settings(task),
+        ]
         if args.quick:
             common.append("max_length=32")
         grid = [
@@ -93,12 +102,28 @@ def render(
             label = key.split(", ", 1)[1]
             mean_runs[label] = [{"round": i, metric: m} for i, m in enumerate(mean)]
             bands[label] = (lo, hi)
-            rows.append([task, label, metric.replace("test_", ""), f"{mean[-1]:.4f}", f"{lo[-1]:.4f} - {hi[-1]:.4f}",
-                         err[-1] if len(err) > 1 else None, round(up[-1]), round(prod[-1])])  # fmt: skip
+            rows.append(
+                [
+                    task,
+                    label,
+                    metric.replace("test_", ""),
+                    f"{mean[-1]:.4f}",
+                    f"{lo[-1]:.4f} - {hi[-1]:.4f}",
+                    err[-1] if len(err) > 1 else None,
+                    round(up[-1]),
+                    round(prod[-1]),
+                ]
+            )
             curves.append([task, label] + [f"{m:.3f}" for m in mean])
         fig = out / f"{name}-{task}.png"
-        plot_rounds(mean_runs, [metric], fig, title=f"{task}: mean over seeds, min-max shaded", bands=bands,
-                    dashed=["centralized LoRA"])  # fmt: skip
+        plot_rounds(
+            mean_runs,
+            [metric],
+            fig,
+            title=f"{task}: mean over seeds, min-max shaded",
+            bands=bands,
+            dashed=["centralized LoRA"],
+        )
         figures.append(fig.name)
     body = (
         f"Each cell: {len(args.seeds.split(','))} seeds ({args.seeds}; the seed sets the split, initialisation and "
@@ -120,7 +145,7 @@ def render(
                 "products bytes / round",
             ],
             rows,
-        )  # fmt: skip
+        )
         + "\nMean metric per round (round 0: before training):\n\n"
         + md_table(["task", "run"] + [f"{i}" for i in range(args.rounds + 1)], curves)
         + "".join(f"\n![{f}]({f})\n" for f in figures)

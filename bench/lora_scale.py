@@ -6,7 +6,7 @@ Each recipe's architecture is built on the meta device from its published sizes 
 weights), wrapped with fl's own LoRA (`fl.models.wrap_lora`, the recipe's r, alpha and peft's
 default targets), and its strategy is built from the recipe. For every round of the recipe the
 sampled clients (`Strategy.plan_round`) are placed on the recipe's torchrun layout
-(`fl.placement.Placement`), and `fl.transport.upload_bytes_per_rank` gives what each client rank
+(`fl.comm.placement.Placement`), and `fl.comm.transport.upload_bytes_per_rank` gives what each client rank
 sends up. `before` is what the previous code moved for the same round: the summed upload plus one
 d_out x d_in product of s B_i A_i per adapted module (the aggregation error's measurement).
 """
@@ -21,11 +21,29 @@ import torch
 
 # published sizes of the two hub recipes' models (config.json of each repository)
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
-    "mistralai/Mistral-7B-v0.3": ("MistralConfig", {"hidden_size": 4096, "intermediate_size": 14336,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32768}),
-    "Qwen/Qwen2.5-7B-Instruct": ("Qwen2Config", {"hidden_size": 3584, "intermediate_size": 18944,
-        "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064}),
-}  # fmt: skip
+    "mistralai/Mistral-7B-v0.3": (
+        "MistralConfig",
+        {
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "vocab_size": 32768,
+        },
+    ),
+    "Qwen/Qwen2.5-7B-Instruct": (
+        "Qwen2Config",
+        {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+        },
+    ),
+}
 RECIPES = ("recipes/hub-flowertune-mistral-7b.yaml", "recipes/hub-flowertune-qwen2.5-7b.yaml")
 PROCS = 5  # the recipes' header: torchrun --nproc_per_node=5 (rank 0 + 4 client ranks)
 
@@ -48,11 +66,11 @@ def meta_model(name: str, cfg: Any) -> torch.nn.Module:
 def measure(recipe: str, **overrides: Any) -> dict[str, Any]:
     """Bytes per client rank per round over the recipe's rounds: mean and max, now and before."""
     from fl import models
-    from fl.message import Message
-    from fl.placement import Placement
-    from fl.recipe import load_config
+    from fl.comm.message import Message
+    from fl.comm.placement import Placement
+    from fl.comm.transport import upload_bytes_per_rank
+    from fl.config.recipe import load_config
     from fl.strategies import SetupContext, build_strategy
-    from fl.transport import upload_bytes_per_rank
 
     cfg = load_config(recipe, [f"{k}={v}" for k, v in overrides.items()])
     model = meta_model(cfg.model, cfg)
@@ -70,10 +88,17 @@ def measure(recipe: str, **overrides: Any) -> dict[str, Any]:
         now.append(upload_bytes_per_rank(strategy, template, plan, owners))
         before.append(template.nbytes + products)  # one summed upload with the products, every client rank
     return {
-        "recipe": recipe, "model": cfg.model, "lora_r": cfg.lora_r, "modules": len(lora.modules),
-        "adapter_bytes": adapter, "mean": sum(now) / len(now), "max": max(now),
-        "before_mean": sum(before) / len(before), "products_bytes": products, "rounds": cfg.rounds,
-    }  # fmt: skip
+        "recipe": recipe,
+        "model": cfg.model,
+        "lora_r": cfg.lora_r,
+        "modules": len(lora.modules),
+        "adapter_bytes": adapter,
+        "mean": sum(now) / len(now),
+        "max": max(now),
+        "before_mean": sum(before) / len(before),
+        "products_bytes": products,
+        "rounds": cfg.rounds,
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:

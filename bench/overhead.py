@@ -78,8 +78,15 @@ def main(argv: list[str] | None = None) -> Path:
             "partition=contiguous",
         ] + ([f"max_eval_samples={max_eval}"] if max_eval else [])
         for workers, nproc in pairs:
-            spec = {"model_path": model_path, "shards": shards, "test": test, "rounds": args.rounds, "lr": lr,
-                    "seed": 42, "lora": scheme == "fedlora"}  # fmt: skip
+            spec = {
+                "model_path": model_path,
+                "shards": shards,
+                "test": test,
+                "rounds": args.rounds,
+                "lr": lr,
+                "seed": 42,
+                "lora": scheme == "fedlora",
+            }
             plain_doc = plain_run(spec, workers)  # its own process tree: wall and peak memory like fl's
             base = plain_doc["rounds"][1:]
             name = f"{scheme}-{nproc}proc"

@@ -24,10 +24,25 @@ from pathlib import Path
 
 S = "num_clients=4 max_train_samples=240 max_eval_samples=64 rounds=2 seed=21 save_model=false precision=fp32".split()
 KEYS = (
-    "test_loss", "test_accuracy", "teacher_test_accuracy", "bytes_up", "bytes_down", "dp_epsilon",  # issue 19's list
-    "test_mcc", "test_f1", "train_loss", "teacher_test_loss", "aggregation_error", "wire_bytes_up",
-    "wire_bytes_down", "bytes_logits", "bytes_products", "kd_student_loss", "kd_teacher_loss", "client_train_loss",
-)  # fmt: skip
+    "test_loss",
+    "test_accuracy",
+    "teacher_test_accuracy",
+    "bytes_up",
+    "bytes_down",
+    "dp_epsilon",  # issue 19's list
+    "test_mcc",
+    "test_f1",
+    "train_loss",
+    "teacher_test_loss",
+    "aggregation_error",
+    "wire_bytes_up",
+    "wire_bytes_down",
+    "bytes_logits",
+    "bytes_products",
+    "kd_student_loss",
+    "kd_teacher_loss",
+    "client_train_loss",
+)
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
 
 
@@ -51,7 +66,7 @@ def jobs(out: Path) -> list[tuple[str, list[str]]]:
                 "server_lr=0.01",
                 "clients_per_round=3",
             ],
-        ),  # fmt: skip
+        ),
         (
             "fedex-dirichlet",
             [
@@ -63,7 +78,7 @@ def jobs(out: Path) -> list[tuple[str, list[str]]]:
                 "partition=dirichlet",
                 "dirichlet_alpha=0.3",
             ],
-        ),  # fmt: skip
+        ),
         ("dp", [*fl, "run", "recipes/fedlora.yaml", *S, "dp_clip=0.5", "dp_noise_multiplier=0.5", "dp_delta=1e-3"]),
         ("pretrain-teacher", [*fl, "pretrain-teacher", "recipes/fedkdlora.yaml", *S, "teacher_pretrain_epochs=1"]),
         ("fedkdlora-server", [*fl, "run", "recipes/fedkdlora.yaml", *S, f"teacher_ckpt={teacher}"]),
@@ -84,7 +99,7 @@ def jobs(out: Path) -> list[tuple[str, list[str]]]:
                 "clients_per_round=2",
                 "lr=5e-3",
             ],
-        ),  # fmt: skip
+        ),
         (
             "fedkdlora-clients-torchrun",
             [
@@ -98,7 +113,7 @@ def jobs(out: Path) -> list[tuple[str, list[str]]]:
                 "kd_placement=clients",
                 "run_name=kd-clients",
             ],
-        ),  # fmt: skip
+        ),
     ]
 
 

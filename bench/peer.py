@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> Path:
                 for label, ts in startup.items()
                 for i, t in enumerate(ts or [])
             ],
-        )  # fmt: skip
+        )
     )
     name = f"peer{'-quick' if args.quick else ''}"
     data = {"results": results, "ratios": ratios, "fl_best": best["label"], "startup": startup}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
-from fl.plots import plot_rounds
+from fl.output.plots import plot_rounds
 from fl.strategies.privacy import Accountant, default_delta
 
 
@@ -57,11 +57,21 @@ def main(argv: list[str] | None = None) -> Path:
     runs = RUNS / f"privacy{'-quick' if args.quick else ''}"
     rate, delta = args.per_round / args.clients, default_delta(args.clients)
     common = [
-        "task=sst2", f"data_dir={args.data_dir}", f"num_clients={args.clients}", f"clients_per_round={args.per_round}",
-        f"rounds={args.rounds}", "teacher_data_pct=0", f"max_train_samples={args.max_train_samples}",
-        f"model={args.model}", "seed=42", "lr=2e-3", f"output_dir={runs}", "save_model=false", "checkpoint_every=0",
+        "task=sst2",
+        f"data_dir={args.data_dir}",
+        f"num_clients={args.clients}",
+        f"clients_per_round={args.per_round}",
+        f"rounds={args.rounds}",
+        "teacher_data_pct=0",
+        f"max_train_samples={args.max_train_samples}",
+        f"model={args.model}",
+        "seed=42",
+        "lr=2e-3",
+        f"output_dir={runs}",
+        "save_model=false",
+        "checkpoint_every=0",
         "overwrite=true",
-    ]  # fmt: skip
+    ]
     if args.server_momentum > 0:
         common += ["server_optimizer=momentum", f"server_momentum={args.server_momentum}"]
     if args.max_eval_samples:
@@ -80,15 +90,28 @@ def main(argv: list[str] | None = None) -> Path:
         )
     name = f"privacy{'-quick' if args.quick else ''}"
     out = Path(args.out)
-    plot_rounds({k: v["rounds"] for k, v in results.items()}, ["test_accuracy", "test_loss"], out / f"{name}.png",
-                title="SST-2, client-level DP")  # fmt: skip
+    plot_rounds(
+        {k: v["rounds"] for k, v in results.items()},
+        ["test_accuracy", "test_loss"],
+        out / f"{name}.png",
+        title="SST-2, client-level DP",
+    )
     rows = []
     for (label, _, z), doc in zip(settings, results.values(), strict=True):
         last = doc["rounds"][-1]
         best = max(r["test_accuracy"] for r in doc["rounds"][1:])
         noise = "-" if z is None else round(z, 4)
-        rows.append([label, noise, last.get("dp_epsilon", "inf"), last["test_accuracy"], best, last["test_loss"],
-                     doc["elapsed_s"]])  # fmt: skip
+        rows.append(
+            [
+                label,
+                noise,
+                last.get("dp_epsilon", "inf"),
+                last["test_accuracy"],
+                best,
+                last["test_loss"],
+                doc["elapsed_s"],
+            ]
+        )
     curves = [[k] + [r["test_accuracy"] for r in v["rounds"]] for k, v in results.items()]
     # Signal against noise, per round: the averaged update has norm <= clip, the noise on the average has
     # norm ~ z * clip / (q N) * sqrt(d), d = the travelling coordinates (fp32 bytes of one client's upload / 4).
@@ -122,8 +145,10 @@ def main(argv: list[str] | None = None) -> Path:
         + md_table(["run"] + [f"{i}" for i in range(args.rounds + 1)], curves)
         + f"\n![accuracy and loss per round]({name}.png)\n"
     )
-    data = {"results": {k: {"rounds": v["rounds"], "elapsed_s": v["elapsed_s"]} for k, v in results.items()},
-            "noise_multipliers": {lab: z for lab, _, z in settings}}  # fmt: skip
+    data = {
+        "results": {k: {"rounds": v["rounds"], "elapsed_s": v["elapsed_s"]} for k, v in results.items()},
+        "noise_multipliers": {lab: z for lab, _, z in settings},
+    }
     path = write_report("bench.privacy", name, "Client-level differential privacy", body, data, out, argv=argv)
     print(path.read_text())
     return path

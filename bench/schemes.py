@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
-from fl.plots import plot_rounds
+from fl.output.plots import plot_rounds
 
 SCHEMES = [  # (label, run name, recipe, extra overrides)
     ("FedAvg", "fedavg", "fedavg.yaml", ["scheme=fedavg", "lr=5e-5"]),
@@ -35,15 +35,25 @@ def plot(task: str, results: dict[str, dict[str, Any]], path: Path) -> None:
 
 # the keys a task's own FedLoRA recipe tunes (CoLA: see bench/reports/cola-sweep.md); every LoRA scheme
 # of the comparison takes them, so that the schemes differ in the scheme alone
-TUNED_KEYS = ("lr", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save",
-              "lr_scheduler", "warmup_ratio", "head_lr", "local_epochs")  # fmt: skip
+TUNED_KEYS = (
+    "lr",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_modules_to_save",
+    "lr_scheduler",
+    "warmup_ratio",
+    "head_lr",
+    "local_epochs",
+)
 # and the keys every scheme takes from it (the data order, the arithmetic)
 SHARED_KEYS = ("shuffle_train", "precision")
 
 
 def task_lora_settings(task: str, keys: tuple[str, ...] = TUNED_KEYS) -> list[str]:
     """`key=value` of `keys` in recipes/<task>-fedlora.yaml (none for tasks without one)."""
-    from fl.recipe import load_recipe
+    from fl.config.recipe import load_recipe
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / f"{task}-fedlora.yaml"
     if task == "rotten_tomatoes" or not recipe.is_file():
@@ -101,8 +111,8 @@ def main(argv: list[str] | None = None) -> Path:
         common += ["max_length=32", "kd_public_examples=16", "teacher_pretrain_epochs=1"]
     common += task_lora_settings(args.task, SHARED_KEYS) + args.overrides
 
-    from fl.pretrain import pretrain_teacher, teacher_run_dir
-    from fl.recipe import load_config
+    from fl.config.recipe import load_config
+    from fl.kd.pretrain import pretrain_teacher, teacher_run_dir
 
     teacher_cfg = load_config(
         Path(__file__).resolve().parents[1] / "recipes" / "fedkdlora.yaml", [*common, "run_name=teacher"]

@@ -34,21 +34,29 @@ VARIANTS = (  # (precision, group_by_length, dropout off)
 def time_variant(over: list[str], precision: str, grouped: bool, no_dropout: bool, rows: int) -> dict[str, Any]:
     """ms per row of `train_local` over `rows` rows (after 3 warm-up steps), and the mean padded width."""
     from fl import models
-    from fl.recipe import load_config
+    from fl.client.train import LocalSchedule, train_local
+    from fl.config.recipe import load_config
     from fl.tasks import build_task
     from fl.tasks.order import epoch_batches
-    from fl.train import LocalSchedule, train_local
 
     drop = ["lora_dropout=0", "model_dropout=0"] if no_dropout else []
-    cfg = load_config(ROOT / "recipes" / "fedlora.yaml", [*over, f"precision={precision}", *drop,
-                                                          f"group_by_length={str(grouped).lower()}"])  # fmt: skip
+    cfg = load_config(
+        ROOT / "recipes" / "fedlora.yaml",
+        [*over, f"precision={precision}", *drop, f"group_by_length={str(grouped).lower()}"],
+    )
     task = build_task(cfg)
     model, tokenizer, _ = task.build_model(models.ModelSpec.from_config(cfg, lora=True))
     data = task.encode(tokenizer, task.train.subset(range(min(rows, len(task.train)))))
     sched = LocalSchedule.from_config(cfg)
     cpu = torch.device("cpu")
-    train_local(model, task, data, LocalSchedule(sched.lr, 1, sched.batch_size, precision=precision, max_steps=3),
-                seed=1, device=cpu)  # fmt: skip
+    train_local(
+        model,
+        task,
+        data,
+        LocalSchedule(sched.lr, 1, sched.batch_size, precision=precision, max_steps=3),
+        seed=1,
+        device=cpu,
+    )
     t0 = time.perf_counter()
     train_local(model, task, data, sched, seed=2, device=cpu)
     took = time.perf_counter() - t0
@@ -72,14 +80,25 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--rows", type=int, default=800, help="rows timed per fp32 variant")
     ap.add_argument("--bf16-rows", type=int, default=64, help="rows timed per bf16 variant")
     args = ap.parse_args(argv)
-    from fl.train import native_bf16, resolve_precision
+    from fl.models.precision import native_bf16, resolve_precision
 
     over = [f"model={args.model}"]
     rows = (32, 32) if args.quick else (args.rows, args.bf16_rows)
     results = [time_variant(over, p, g, d, rows[p == "bf16"]) for p, g, d in VARIANTS]
     base = results[0]["ms_per_row"]
-    table = [[r["precision"], r["batches"], r["dropout"], r["rows"], r["mean_padded_width"], r["ms_per_step"],
-              r["ms_per_row"], base / r["ms_per_row"]] for r in results]  # fmt: skip
+    table = [
+        [
+            r["precision"],
+            r["batches"],
+            r["dropout"],
+            r["rows"],
+            r["mean_padded_width"],
+            r["ms_per_step"],
+            r["ms_per_row"],
+            base / r["ms_per_row"],
+        ]
+        for r in results
+    ]
     cpu = torch.device("cpu")
     body = (
         f"`recipes/fedlora.yaml`'s model ({args.model}) and its first rows of train, batch 16, lr 2e-3, "
@@ -98,12 +117,19 @@ def main(argv: list[str] | None = None) -> Path:
                 "speed-up vs first row",
             ],
             table,
-        )  # fmt: skip
+        )
     )
     data = {"native_bf16": native_bf16(cpu), "auto_precision": resolve_precision("auto", cpu), "results": results}
     print(body)
-    path = write_report("bench.steps", "steps", "Local training steps: precision, batch order, dropout", body, data,
-                        Path(args.out), argv)  # fmt: skip
+    path = write_report(
+        "bench.steps",
+        "steps",
+        "Local training steps: precision, batch order, dropout",
+        body,
+        data,
+        Path(args.out),
+        argv,
+    )
     print(path)
     return path
 

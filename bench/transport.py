@@ -40,30 +40,60 @@ def memory(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     model = bert_base(runs / "bert-base", args.model, args.quick)
     out = {}
     for bucket in ("0", "25"):
-        over = [f"model={model}", "scheme=fedavg", "lr=5e-5", "num_clients=2", "rounds=1", "max_train_samples=40",
-                "max_eval_samples=16", "max_length=32", f"bucket_mb={bucket}", f"output_dir={runs}",
-                f"run_name=mem-{bucket}", "save_model=false", "overwrite=true", "checkpoint_every=0"]  # fmt: skip
+        over = [
+            f"model={model}",
+            "scheme=fedavg",
+            "lr=5e-5",
+            "num_clients=2",
+            "rounds=1",
+            "max_train_samples=40",
+            "max_eval_samples=16",
+            "max_length=32",
+            f"bucket_mb={bucket}",
+            f"output_dir={runs}",
+            f"run_name=mem-{bucket}",
+            "save_model=false",
+            "overwrite=true",
+            "checkpoint_every=0",
+        ]
         doc = run_torchrun("fedavg.yaml", over, 3, runs / f"mem-{bucket}")
-        out[bucket] = {"peak_rss_mib": [m["peak_rss_mib"] for m in doc["peak_memory_per_rank"]],
-                       "total_parameters": doc["total_parameters"], "wall_s": doc["wall_s"]}  # fmt: skip
+        out[bucket] = {
+            "peak_rss_mib": [m["peak_rss_mib"] for m in doc["peak_memory_per_rank"]],
+            "total_parameters": doc["total_parameters"],
+            "wall_s": doc["wall_s"],
+        }
     return out
 
 
 def compression(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     common = [
-        "task=sst2", f"data_dir={args.data_dir}", f"model={args.model}", "num_clients=8", "clients_per_round=4",
-        "partition=dirichlet", "dirichlet_alpha=0.3", f"rounds={args.rounds}", f"max_train_samples={args.rows}",
-        "teacher_data_pct=0", "lr=2e-3", "seed=42", f"output_dir={runs}", "save_model=false", "overwrite=true",
-        "checkpoint_every=0", "topk_ratio=0.1",
-    ]  # fmt: skip
+        "task=sst2",
+        f"data_dir={args.data_dir}",
+        f"model={args.model}",
+        "num_clients=8",
+        "clients_per_round=4",
+        "partition=dirichlet",
+        "dirichlet_alpha=0.3",
+        f"rounds={args.rounds}",
+        f"max_train_samples={args.rows}",
+        "teacher_data_pct=0",
+        "lr=2e-3",
+        "seed=42",
+        f"output_dir={runs}",
+        "save_model=false",
+        "overwrite=true",
+        "checkpoint_every=0",
+        "topk_ratio=0.1",
+    ]
     if args.quick:
         common += ["max_length=32", "max_eval_samples=40"]
     out = {}
     for scheme, extra in (("fedlora", []), ("fedavg", ["scheme=fedavg", "lr=5e-5"])):
         for codec in CODECS:
             name = f"{scheme}-{codec}"
-            doc = run_torchrun("fedlora.yaml", [*common, *extra, f"update_compression={codec}", f"run_name={name}"],
-                               3, runs / name)  # fmt: skip
+            doc = run_torchrun(
+                "fedlora.yaml", [*common, *extra, f"update_compression={codec}", f"run_name={name}"], 3, runs / name
+            )
             recs = doc["rounds"][1:]
             out[name] = {
                 "accuracy": [r["test_accuracy"] for r in doc["rounds"]],
@@ -92,8 +122,10 @@ def main(argv: list[str] | None = None) -> Path:
 def render(args: argparse.Namespace, results: dict[str, Any], out: Path, argv: list[str] | None) -> Path:
     name = f"transport{'-quick' if args.quick else ''}"
     mem = results["memory"]
-    mem_rows = [[f"{b} MB" if b != "0" else "whole (before)", *[round(x) for x in mem[b]["peak_rss_mib"]],
-                 mem[b]["wall_s"]] for b in ("0", "25")]  # fmt: skip
+    mem_rows = [
+        [f"{b} MB" if b != "0" else "whole (before)", *[round(x) for x in mem[b]["peak_rss_mib"]], mem[b]["wall_s"]]
+        for b in ("0", "25")
+    ]
     comp = results["compression"]
     rows = []
     for scheme in ("fedlora", "fedavg"):
@@ -102,8 +134,19 @@ def render(args: argparse.Namespace, results: dict[str, Any], out: Path, argv: l
             r = comp[f"{scheme}-{codec}"]
             final, cost = r["accuracy"][-1], r["accuracy"][-1] - ref["accuracy"][-1]
             ratio = r["bytes_up"] / ref["bytes_up"]
-            rows.append([scheme, codec, final, cost, round(r["bytes_up"]), ratio, round(r["wire_up"]),
-                         round(r["wire_down"]), r["round_s"]])  # fmt: skip
+            rows.append(
+                [
+                    scheme,
+                    codec,
+                    final,
+                    cost,
+                    round(r["bytes_up"]),
+                    ratio,
+                    round(r["wire_up"]),
+                    round(r["wire_down"]),
+                    r["round_s"],
+                ]
+            )
     body = (
         f"Peak resident memory per rank (MiB), one FedAvg round of a BERT-base-sized classifier "
         f"({mem['0']['total_parameters']:,} parameters, random weights) with 2 clients on 2 client ranks under "
@@ -127,10 +170,11 @@ def render(args: argparse.Namespace, results: dict[str, Any], out: Path, argv: l
                 "s / round",
             ],
             rows,
-        )  # fmt: skip
+        )
     )
-    path = write_report("bench.transport", name, "Transport: buckets and compressed updates", body, results, out,
-                        argv=argv)  # fmt: skip
+    path = write_report(
+        "bench.transport", name, "Transport: buckets and compressed updates", body, results, out, argv=argv
+    )
     print(path.read_text())
     return path
 

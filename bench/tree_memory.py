@@ -74,8 +74,13 @@ def sample(cmd: list[str], interval_s: float = 0.25) -> dict[str, Any]:
     _, err = proc.communicate()
     wall = time.perf_counter() - t0
     watcher.join()
-    return {"wall_s": wall, "returncode": proc.returncode, "stderr_tail": err[-2000:], "names": names,
-            "timeline": timeline}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "returncode": proc.returncode,
+        "stderr_tail": err[-2000:],
+        "names": names,
+        "timeline": timeline,
+    }
 
 
 def at_peak(doc: dict[str, Any]) -> tuple[float, dict[str, dict[str, int]]]:
@@ -95,14 +100,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc = sample(cmd)
     t, row = at_peak(doc)
     mib = 2**20
-    print(f"wall {doc['wall_s']:.1f} s, exit {doc['returncode']}; tree peak at {t:.1f} s: "
-          f"{sum(v.get('Pss', 0) for v in row.values()) / mib:,.0f} MiB")  # fmt: skip
+    print(
+        f"wall {doc['wall_s']:.1f} s, exit {doc['returncode']}; tree peak at {t:.1f} s: "
+        f"{sum(v.get('Pss', 0) for v in row.values()) / mib:,.0f} MiB"
+    )
     for n, v in sorted(row.items()):
-        print(f"  {n}: {v.get('Pss', 0) / mib:,.0f} MiB (anon {v.get('Pss_Anon', 0) / mib:,.0f}, "
-              f"file {v.get('Pss_File', 0) / mib:,.0f})")  # fmt: skip
+        print(
+            f"  {n}: {v.get('Pss', 0) / mib:,.0f} MiB (anon {v.get('Pss_Anon', 0) / mib:,.0f}, "
+            f"file {v.get('Pss_File', 0) / mib:,.0f})"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({**doc, "timeline": [(t, {str(p): v for p, v in r.items()})
-                                                                   for t, r in doc["timeline"]]}))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps({**doc, "timeline": [(t, {str(p): v for p, v in r.items()}) for t, r in doc["timeline"]]})
+        )
     return doc
 
 

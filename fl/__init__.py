@@ -4,8 +4,10 @@
     result = fl.run(fl.load_config("recipes/fedlora.yaml", rounds=2), parts=[MyPart()])
 
 Public names: `run`, `load_config`, `Config`, `Result`, `Part`, `ClientTerm`, `Task`, `Callback`,
-`ConfigError`, `RunStopped` (docs/extending.md). They are imported on first use, so `import fl`
-stays light (the CLI's `--help` does not load torch).
+`EarlyStopping`, `ConfigError`, `RunStopped` (docs/extending.md). The rooms are sub-packages
+(`fl.config`, `fl.comm`, `fl.data`, `fl.models`, `fl.tasks`, `fl.strategies`, `fl.client`, `fl.kd`,
+`fl.output`); `fl.callbacks` and `fl.components`, where they lived before, still answer. They are
+imported on first use, so `import fl` stays light (the CLI's `--help` does not load torch).
 """
 
 from __future__ import annotations
@@ -24,20 +26,32 @@ _PUBLIC = {
     "Part": "fl.strategies.base",
     "ClientTerm": "fl.strategies.base",
     "Task": "fl.tasks",
-    "Callback": "fl.callbacks",
+    "Callback": "fl.output.callbacks",
+    "EarlyStopping": "fl.output.callbacks",
     "ConfigError": "fl.errors",
     "RunStopped": "fl.errors",
 }
+_MOVED = {"callbacks": "fl.output.callbacks", "components": "fl.config.components"}
 __all__ = [
-    "Callback", "ClientTerm", "Config", "ConfigError", "Part", "Result", "RunStopped", "Task", "load_config", "run",
-]  # fmt: skip
+    "Callback",
+    "ClientTerm",
+    "Config",
+    "ConfigError",
+    "EarlyStopping",
+    "Part",
+    "Result",
+    "RunStopped",
+    "Task",
+    "load_config",
+    "run",
+]
 
 if TYPE_CHECKING:
     from fl.api import load_config, run
-    from fl.callbacks import Callback
     from fl.config import Config
     from fl.errors import ConfigError, RunStopped
     from fl.job import Result
+    from fl.output.callbacks import Callback, EarlyStopping
     from fl.strategies.base import ClientTerm, Part
     from fl.tasks import Task
 
@@ -47,6 +61,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value
         return value
-    if importlib.util.find_spec(f"fl.{name}") is not None:  # a submodule: fl.callbacks, fl.strategies, ...
+    if name in _MOVED:  # a module that moved into a room keeps its old attribute name
+        return importlib.import_module(_MOVED[name])
+    if importlib.util.find_spec(f"fl.{name}") is not None:  # a submodule: fl.output.callbacks, fl.strategies, ...
         return importlib.import_module(f"fl.{name}")
     raise AttributeError(f"module 'fl' has no attribute {name!r}")

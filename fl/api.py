@@ -2,7 +2,7 @@
 
     import fl
     cfg = fl.load_config("recipes/fedlora.yaml", rounds=2, num_clients=3)
-    result = fl.run(cfg, parts=[MyPart(mu=0.1)], callbacks=[fl.callbacks.EarlyStopping(patience=2)])
+    result = fl.run(cfg, parts=[MyPart(mu=0.1)], callbacks=[fl.output.callbacks.EarlyStopping(patience=2)])
     result.records[-1]["test_accuracy"], result.state, result.model_path
 
 The same script runs under torchrun (`torchrun --nproc_per_node=3 my_experiment.py`): every rank
@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fl.callbacks import Callback
-from fl.components import import_user_modules
 from fl.config import Config
+from fl.config.components import import_user_modules
+from fl.config.recipe import build_config, load_recipe
 from fl.errors import ConfigError
 from fl.job import Result
 from fl.job import run as run_job
-from fl.recipe import build_config, load_recipe
+from fl.output.callbacks import Callback
 from fl.strategies.base import Part
 from fl.tasks import Task
 

@@ -12,10 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fl.components import IMPORT_ENV, import_user_modules
 from fl.config import Config
+from fl.config.components import IMPORT_ENV, import_user_modules
+from fl.config.recipe import describe_keys, load_config
 from fl.errors import ConfigError, RunStopped
-from fl.recipe import describe_keys, load_config
 
 RUN_EPILOG = """\
 examples:
@@ -25,7 +25,8 @@ examples:
   recipes/run.sh 4 recipes/sst2-fedlora.yaml data_dir=../shared/data/glue
   fl run my_recipe.yaml --import my_algos                    # parts: [{_component_: my_algos.Krum, f: 1}]
 
-config keys (recipe YAML keys, or key=value overrides; later wins):
+config keys by section (recipe YAML keys or key=value overrides, later wins; flat, `lr: 1e-3`, or in
+their section, `local: {lr: 1e-3}` / `local.lr=1e-3`):
 """
 
 
@@ -34,7 +35,8 @@ examples:
   fl pretrain-teacher recipes/fedkdlora.yaml          # then: fl run recipes/fedkdlora.yaml
   fl pretrain-teacher recipes/sst2-fedkdlora.yaml data_dir=../shared/data/glue
 
-config keys (recipe YAML keys, or key=value overrides; later wins):
+config keys by section (recipe YAML keys or key=value overrides, later wins; flat, `lr: 1e-3`, or in
+their section, `local: {lr: 1e-3}` / `local.lr=1e-3`):
 """
 
 
@@ -146,13 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "compare":
-            from fl.compare import compare
+            from fl.output.compare import compare
 
             path, table = compare(args.runs, args.metric, args.out)
             print(table + f"\nfigure: {path}\ntable: {path.with_suffix('.md')}")
             return 0
         if args.command == "export":
-            from fl.export import export
+            from fl.output.export import export
 
             print(f"exported to {export(args.run, args.merge, args.out)}")
             return 0
@@ -161,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_user_modules()  # FL_IMPORT's packages, the working directory importable
         cfg = _load_config(args.recipe, args.overrides)
         if args.command == "pretrain-teacher":
-            from fl.pretrain import pretrain_teacher  # heavy imports only once the config is good
+            from fl.kd.pretrain import pretrain_teacher  # heavy imports only once the config is good
 
             pretrain_teacher(cfg)
         else:

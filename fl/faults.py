@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from fl.fields import parse_fault
+from fl.config.fields import parse_fault
 
 
 @dataclass(frozen=True)

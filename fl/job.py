@@ -18,18 +18,18 @@ from typing import Any
 import torch
 
 from fl import comm
-from fl.callbacks import Callback, CallbackList
-from fl.checkpoint import find_resume_point
-from fl.components import instantiate
-from fl.config import Config, ConfigError
-from fl.errors import RunStopped
-from fl.memory import trim_heap
-from fl.rundir import check_output_dir, clear_run_outputs
+from fl.client.memory import trim_heap
+from fl.config import Config
+from fl.config.components import instantiate
+from fl.errors import ConfigError, RunStopped
+from fl.output.callbacks import Callback, CallbackList
+from fl.output.checkpoint import find_resume_point, restore
+from fl.output.rundir import check_output_dir, clear_run_outputs
+from fl.output.tracking import tracker
 from fl.server import Federation
-from fl.setup import Setup, prepare, restore, setup_server_parts, share_server_model
+from fl.setup import Setup, prepare, setup_server_parts, share_server_model
 from fl.strategies import Part
 from fl.tasks import Task
-from fl.tracking import tracker
 
 __all__ = ["Result", "RunStopped", "run", "run_document"]
 
@@ -63,8 +63,15 @@ def run(
     """Run one experiment (see `fl.run`): the config's parts, task and callbacks, and these objects."""
     start = time.perf_counter()
     imports_s = process_age_s()  # the interpreter and every import before the run starts
-    rt = comm.init(cfg.device, cfg.num_threads, cfg.collective_timeout_s, cfg.server_device, cfg.client_allreduce,
-                   cfg.ranks_per_client, cfg.bucket_mb)  # fmt: skip
+    rt = comm.init(
+        cfg.device,
+        cfg.num_threads,
+        cfg.collective_timeout_s,
+        cfg.server_device,
+        cfg.client_allreduce,
+        cfg.ranks_per_client,
+        cfg.bucket_mb,
+    )
     previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     fed: Federation | None = None
     s, cbs = None, CallbackList([], cfg, cfg.run_dir)
@@ -72,8 +79,12 @@ def run(
         t0 = time.perf_counter()
         s, first_round, records, cbs = set_up(cfg, rt, parts, task, callbacks)
         trim_heap()  # what loading and tokenizing freed
-        s.timings = {"imports_s": imports_s, "process_group_s": t0 - start, **s.timings,
-                     "setup_s": time.perf_counter() - t0}  # fmt: skip
+        s.timings = {
+            "imports_s": imports_s,
+            "process_group_s": t0 - start,
+            **s.timings,
+            "setup_s": time.perf_counter() - t0,
+        }
         fed = Federation(cfg, s, first_round, records, cbs)
         doc = fed.run()
         fed.reporter.finish(time.perf_counter() - start)
@@ -173,7 +184,9 @@ def set_up(
     try:
         if rt.is_main:  # every check that reads comes before the first write (the run folder)
             setup_server_parts(cfg, s)  # type: ignore[arg-type]
-            first_round, records = restore(cfg, s, find_resume_point(cfg))  # type: ignore[arg-type]
+            path = find_resume_point(cfg)
+            first_round, records = restore(cfg, path, s.model, s.strategy, rt.device)  # type: ignore[union-attr]
+            s.resumed_from = str(path) if path is not None else None  # type: ignore[union-attr]
             cbs = CallbackList(build_callbacks(cfg, callbacks), cfg, cfg.run_dir)
             check_output_dir(cfg.run_dir, resume=cfg.resume != "false", overwrite=cfg.overwrite)
             if cfg.overwrite and s.resumed_from is None:  # type: ignore[union-attr]

@@ -8,7 +8,7 @@
 
 Under torchrun rank 0 aggregates and ranks 1..N train; without a launcher (world size 1) the one
 process plays every part: the simulation, with the same seeds and arithmetic. Training is the
-runner's (`fl.client`), algorithms the strategy's parts' (`fl.strategies`), rows and metrics the
+runner's (`fl.client.runners`), algorithms the strategy's parts' (`fl.strategies`), rows and metrics the
 task's (`fl.tasks`), collectives `fl.comm`'s. Rank 0 waits in a barrier before each collective that
 follows client work, so the record tells waiting (training, scoring) from communication.
 """
@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from fl import comm, models
-from fl.callbacks import CallbackList
-from fl.checkpoint import pack_state, save_checkpoint
+from fl.client.memory import peak_memory, trim_heap
+from fl.comm.message import Message
+from fl.comm.transport import Uplink, send_down
 from fl.config import Config
-from fl.memory import peak_memory, trim_heap
-from fl.message import Message
-from fl.report import Reporter, begin_run
-from fl.rundir import save_pretrained_atomic
+from fl.output.callbacks import CallbackList
+from fl.output.checkpoint import pack_state, save_checkpoint
+from fl.output.report import Reporter, begin_run, rank_timings
+from fl.output.rundir import save_pretrained_atomic
 from fl.setup import Setup
 from fl.strategies import RoundPlan, round_stats
-from fl.transport import Uplink, send_down
 
 
 class Federation:
@@ -77,9 +77,12 @@ class Federation:
         record.update(
             round_stats(sums, plan, private=self.strategy.aggregator.private),
             **self.strategy.byte_counts(plan, self.global_state, self.rt.client_ranks),
-            wire_bytes_up=up["bytes"], wire_bytes_down=down["bytes"], time_aggregate_s=aggregate_s,
-            time_comm_s=up["s"] + down["s"], lr=plan.lr,
-        )  # fmt: skip
+            wire_bytes_up=up["bytes"],
+            wire_bytes_down=down["bytes"],
+            time_aggregate_s=aggregate_s,
+            time_comm_s=up["s"] + down["s"],
+            lr=plan.lr,
+        )
         self.evaluate(record, train_s, wait_s, t0)
         self.checkpoint(r)
         return record
@@ -126,7 +129,7 @@ class Federation:
         return upload, time.perf_counter() - t0
 
     def collect(self, upload: Uplink) -> tuple[Message, dict[int, Message] | None, dict[str, float]]:
-        """The clients' updates on rank 0 (summed, gathered or decoded, as `fl.transport` moves them)."""
+        """The clients' updates on rank 0 (summed, gathered or decoded, as `fl.comm.transport` moves them)."""
         t0 = time.perf_counter()
         sums, individual, moved = upload.collect(self.rt, self.s.placement.owners())
         return sums, individual, {"bytes": moved, "s": time.perf_counter() - t0}
@@ -179,17 +182,11 @@ class Federation:
         got, moved = comm.reduce_sum(self.rt, Message(sums.parts, {**sums.scalars, **timings}), everyone=True)
         if not self.rt.is_main:
             return
-        ranks = range(1, self.rt.world_size) if self.rt.distributed else range(1)
-        busy = [got.scalars[f"rank{k}.train_s"] for k in ranks]
         record.update({f"test_{k}": v for k, v in self.task.metrics(got).items()}, **extra)
+        ranks = range(1, self.rt.world_size) if self.rt.distributed else range(1)
+        record.update(rank_timings(got.scalars, ranks, t0 is not None, wait_s), bytes_eval=moved)
         record.update(
-            time_train_s=max(busy) if t0 is not None else 0.0,
-            time_idle_s=max(busy) - sum(busy) / len(busy) if t0 is not None else 0.0,
-            time_eval_s=t_reduce - t_eval,
-            time_comm_s=record.get("time_comm_s", 0.0) + time.perf_counter() - t_reduce,
-            time_wait_s=wait_s,
-            bytes_eval=moved,
-            examples_per_rank={str(k): int(got.scalars[f"rank{k}.examples"]) for k in ranks},
+            time_eval_s=t_reduce - t_eval, time_comm_s=record.get("time_comm_s", 0.0) + time.perf_counter() - t_reduce
         )
         record["time_s"] = time.perf_counter() - t0 if t0 is not None else 0.0
         record.update(self.callbacks.evaluate(record))

@@ -7,51 +7,24 @@ before anything is written; a model-free rank 0 loads neither model nor data and
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fl import comm, models
-from fl.checkpoint import load_checkpoint, unpack_state
-from fl.client import BatchedRunner, DataParallelRunner, SequentialRunner
-from fl.comm import Runtime
-from fl.config import Config, ConfigError
-from fl.faults import Faults
-from fl.message import Message
-from fl.partition import natural, partition, public_split
-from fl.placement import Placement
+from fl.client.runners import SequentialRunner, build_runner
+from fl.comm.placement import Placement
+from fl.data.partition import split_clients
+from fl.errors import ConfigError
 from fl.strategies import Part, SetupContext, Strategy, build_strategy, model_spec
 from fl.tasks import Task, build_task
-from fl.train import LocalSchedule
 
-SETUP_LIMIT_S = 120.0  # data-dependent set-up loops (partitioning) must finish within this
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float, what: str) -> Iterator[None]:
-    """A watchdog: raise ConfigError if the block runs longer than `seconds` (main thread only;
-    elsewhere the block runs unguarded)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expired(signum: int, frame: Any) -> None:
-        raise ConfigError(f"{what} did not finish in {seconds:g} s; check the settings that drive it")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+if TYPE_CHECKING:  # annotations only
+    from fl.comm import Runtime
+    from fl.config import Config
 
 
 @dataclass
@@ -69,10 +42,14 @@ class Setup:
     tokenizer: Any
     model_path: str
     test: Any  # this rank's encoded test rows, or None
-    faults: Faults
     spec: models.ModelSpec | None = None  # how the model was built (a model-free rank 0 builds it to export)
     resumed_from: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # set-up phases, seconds
+
+    @property
+    def faults(self) -> Any:
+        """Test-only faults (`fl.faults`): the runner's."""
+        return self.runner.faults
 
     def final_model(self, state: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, Any]:
         """(model, tokenizer) holding `state`, to export: a model-free rank 0 builds its model here, once
@@ -82,29 +59,6 @@ class Setup:
             self.model, self.tokenizer, _ = self.task.build_model(self.spec)
             models.set_trainable_state(self.model, state)
         return self.model, self.tokenizer
-
-
-def split_clients(cfg: Config, task: Task) -> tuple[int, list[list[int]]]:
-    """(public slice size, client -> train indices): the public slice first, the rest partitioned."""
-    public, private = public_split(len(task.train), cfg.public_pct)
-    labels = task.partition_labels(private)
-    if labels is None and cfg.partition == "dirichlet":
-        raise ConfigError("partition=dirichlet splits by label and this task has none; use contiguous or iid")
-    groups = task.partition_groups(private) if cfg.partition == "natural" else None
-    if cfg.partition == "natural" and groups is None:
-        raise ConfigError(
-            "partition=natural needs rows with groups (task=shakespeare: the play); use contiguous or iid"
-        )
-    try:
-        with time_limit(SETUP_LIMIT_S, f"partition={cfg.partition} of {len(private)} rows"):
-            if groups is not None:
-                local = natural(groups, cfg.num_clients)
-            else:
-                local = partition(labels or [0] * len(private), cfg.num_clients, cfg.partition, cfg.seed,
-                                  cfg.dirichlet_alpha)  # fmt: skip
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    return len(public), [[private.start + i for i in shard] for shard in local]
 
 
 def prepare(cfg: Config, rt: Runtime, parts: Sequence[Part] = (), task: Task | None = None) -> Setup:
@@ -122,20 +76,10 @@ def prepare(cfg: Config, rt: Runtime, parts: Sequence[Part] = (), task: Task | N
     strategy = build_strategy(cfg, parts)
     spec = model_spec(cfg)
     free = rt.is_main and model_free_server(rt, spec, strategy)  # task, shards, model: from rank 1
-    if not free:
-        task = build_task(cfg, task)
-        public_size, shards = split_clients(cfg, task)
-    else:
-        task, public_size, shards = None, 0, []
+    task = None if free else build_task(cfg, task)
+    public_size, shards = split_clients(cfg, task) if task is not None else (0, [])
     clock.lap("data_s")
-    model, tokenizer, path = None, None, ""
-    if free and cfg.save_model:
-        models.resolve_model(spec.source)  # it builds the model to export it: a missing model fails now, not then
-    if not free:
-        model, tokenizer, path = task.build_model(spec)  # type: ignore[union-attr]
-        models.check_max_length(model, cfg.max_length)
-        if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed by its device_map
-            model.to(rt.device)
+    model, tokenizer, path = build_model(cfg, rt, task, spec, free)
     clock.lap("model_s")
     mine = placement.clients_of(rt.rank)
     public_rows = range(public_size) if strategy.needs_public_rows else range(0)
@@ -145,23 +89,40 @@ def prepare(cfg: Config, rt: Runtime, parts: Sequence[Part] = (), task: Task | N
     clock.lap("tokenize_s")
     if not free:
         public = train.subset(range(public_size)) if train is not None and len(public_rows) else None
-        ctx = SetupContext(cfg, task, model, tokenizer, rt.device, rt.is_main, bool(mine), public_size, public)
-        strategy.setup(ctx)
-    faults = Faults.parse(cfg.fault_inject)
-    faults.in_setup(rt.rank)  # test-only: this process may die here
-    kind, extra_args = (SequentialRunner, {})
-    if rt.group_size > 1:
-        kind, extra_args = DataParallelRunner, {"rt": rt}
-    elif cfg.parallel_clients > 1:
-        kind, extra_args = BatchedRunner, {"parallel": cfg.parallel_clients}
-    runner = kind(
-        model, task, strategy, {c: train.subset(shards[c]) for c in mine} if train else {},
-        LocalSchedule.from_config(cfg, rt.world_size), device=rt.device, seed=cfg.seed,
-        eval_batch_size=cfg.eval_batch_size, max_update_norm=cfg.max_update_norm, faults=faults, **extra_args,
-    )  # fmt: skip
+        strategy.setup(
+            SetupContext(cfg, task, model, tokenizer, rt.device, rt.is_main, bool(mine), public_size, public)
+        )
+    runner = build_runner(cfg, rt, model, task, strategy, {c: train.subset(shards[c]) for c in mine} if train else {})
     clock.lap("strategy_s")
-    return Setup(rt, placement, task, strategy, runner, shards, public_size, model, tokenizer, path, test, faults,  # type: ignore[arg-type]
-                 spec=spec, timings=clock.laps)  # fmt: skip
+    return Setup(
+        rt,
+        placement,
+        task,
+        strategy,
+        runner,
+        shards,
+        public_size,
+        model,
+        tokenizer,
+        path,
+        test,
+        spec=spec,
+        timings=clock.laps,
+    )
+
+
+def build_model(cfg: Config, rt: Runtime, task: Task | None, spec: models.ModelSpec, free: bool) -> tuple:
+    """(model on this rank's device, tokenizer, its path); a model-free rank 0 builds none (it only
+    checks that the model it will export exists)."""
+    if free:
+        if cfg.save_model:
+            models.resolve_model(spec.source)  # it builds the model to export it: a missing model fails now, not then
+        return None, None, ""
+    model, tokenizer, path = task.build_model(spec)  # type: ignore[union-attr]
+    models.check_max_length(model, cfg.max_length)
+    if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed by its device_map
+        model.to(rt.device)
+    return model, tokenizer, path
 
 
 def model_free_server(rt: Runtime, spec: models.ModelSpec, strategy: Strategy) -> bool:
@@ -238,35 +199,3 @@ def encode_rows(task: Task, tokenizer: Any, rows: list[int]) -> Rows:
     cache serves the same selection in a later run)."""
     index = sorted(set(rows))
     return Rows(task.encode(tokenizer, task.train.subset(index)), index)
-
-
-def restore(cfg: Config, s: Setup, path: Path | None) -> tuple[int, list[dict[str, Any]]]:
-    """Rank 0: load checkpoint `path` into the model and the strategy's parts (every client's own
-    state too), every tensor onto this rank's device. Returns (first round to run, records so
-    far); (1, []) for a fresh start."""
-    if path is None:
-        return 1, []
-    tensors, meta = load_checkpoint(path, cfg)
-    device = s.rt.device
-    if int(meta["round"]) >= cfg.rounds:
-        raise ConfigError(
-            f"checkpoint {str(path)!r} has finished round {meta['round']} and rounds={cfg.rounds}; "
-            f"raise rounds to continue, or start a new run"
-        )
-    names = [p.name for p in s.strategy.parts]
-    if meta.get("part_names", names) != names:
-        raise ConfigError(
-            f"checkpoint {str(path)!r} was written by the parts {meta['part_names']}, this run has {names}; "
-            "resume with the same parts"
-        )
-    global_state, server, clients = unpack_state(tensors)
-    try:
-        models.set_trainable_state(s.model, {k: v.to(device) for k, v in global_state.items()})
-        s.strategy.load_state(server, meta.get("parts", {}), device)
-        for c, parts in sorted(clients.items()):
-            moved = {p: {k: v.to(device) for k, v in t.items()} for p, t in parts.items()}
-            s.strategy.load_client_state(c, Message(moved))
-    except ValueError as err:
-        raise ConfigError(f"checkpoint {str(path)!r} does not fit this model ({err}); resume with its model") from None
-    s.resumed_from = str(path)
-    return int(meta["round"]) + 1, list(meta["records"])

@@ -126,10 +126,22 @@ def tiny_task(tmp_path_factory) -> tuple[Path, Path]:
 def make_overrides(model_dir: Path, train: Path, test: Path, out_dir: Path, run_name: str) -> list[str]:
     """key=value overrides that point a recipe at the tiny model and task (4 clients, 2 rounds)."""
     return [
-        f"model={model_dir}", "task=csv", f"train_file={train}", f"test_file={test}", "num_clients=4", "rounds=2",
-        "batch_size=16", "lr=5e-3", "max_length=16", "lora_r=4", "teacher_data_pct=20", f"output_dir={out_dir}",
-        f"run_name={run_name}", "num_threads=1", "precision=fp32",
-    ]  # fmt: skip
+        f"model={model_dir}",
+        "task=csv",
+        f"train_file={train}",
+        f"test_file={test}",
+        "num_clients=4",
+        "rounds=2",
+        "batch_size=16",
+        "lr=5e-3",
+        "max_length=16",
+        "lora_r=4",
+        "teacher_data_pct=20",
+        f"output_dir={out_dir}",
+        f"run_name={run_name}",
+        "num_threads=1",
+        "precision=fp32",
+    ]
 
 
 def score(model, tokenizer, cfg) -> dict[str, float]:
@@ -149,8 +161,12 @@ def tiny_overrides(tiny_model_dir, tiny_task, tmp_path) -> list[str]:
 
 
 LM_SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<user>", "<bot>"]
-LM_WORDS = POSITIVE + NEGATIVE + NEUTRAL + ["review", "positive", "negative", "?", ".", ":", "###", "Instruction",
-                                            "Response", "is", "this"]  # fmt: skip
+LM_WORDS = (
+    POSITIVE
+    + NEGATIVE
+    + NEUTRAL
+    + ["review", "positive", "negative", "?", ".", ":", "###", "Instruction", "Response", "is", "this"]
+)
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}<user> {{ m['content'] }} {% else %}<bot> "
     "{{ m['content'] }}</s> {% endif %}{% endfor %}{% if add_generation_prompt %}<bot> {% endif %}"
@@ -167,8 +183,9 @@ def lm_tokenizer(chat_template: bool):
     tok.add_special_tokens(LM_SPECIAL)  # matched whole, before the whitespace split
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")  # fmt: skip
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     if chat_template:
         fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -183,12 +200,33 @@ def tiny_lm(out: Path, arch: str, chat_template: bool) -> Path:
     n = len(tok)
     torch.manual_seed(0)
     if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=n, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                           bos_token_id=2, eos_token_id=3, pad_token_id=0))  # fmt: skip
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=n,
+                n_positions=64,
+                n_embd=32,
+                n_layer=2,
+                n_head=2,
+                bos_token_id=2,
+                eos_token_id=3,
+                pad_token_id=0,
+            )
+        )
     else:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                                             bos_token_id=2, eos_token_id=3, pad_token_id=0))  # fmt: skip
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=n,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                max_position_embeddings=64,
+                bos_token_id=2,
+                eos_token_id=3,
+                pad_token_id=0,
+            )
+        )
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -213,8 +251,10 @@ def tiny_sft(tmp_path_factory) -> tuple[Path, Path]:
     paths = []
     for name, n, seed in (("train", 160, 3), ("test", 40, 4)):
         p = out / f"{name}.jsonl"
-        rows = [{"instruction": f"review : {t} ?", "output": "positive" if y else "negative"}
-                for t, y in make_sentences(n, seed)]  # fmt: skip
+        rows = [
+            {"instruction": f"review : {t} ?", "output": "positive" if y else "negative"}
+            for t, y in make_sentences(n, seed)
+        ]
         p.write_text("".join(json.dumps(r) + "\n" for r in rows))
         paths.append(p)
     return paths[0], paths[1]
@@ -223,8 +263,22 @@ def tiny_sft(tmp_path_factory) -> tuple[Path, Path]:
 def lm_overrides(model_dir: Path, train: Path, test: Path, out_dir: Path, run_name: str) -> list[str]:
     """key=value overrides that point a recipe at a tiny causal LM and the tiny instruction rows."""
     return [
-        "task_kind=causal_lm", f"model={model_dir}", "task=csv", f"train_file={train}", f"test_file={test}",
-        "num_clients=4", "rounds=2", "batch_size=8", "lr=5e-3", "max_length=32", "lora_r=4", "lora_dropout=0",
-        "teacher_data_pct=20", f"output_dir={out_dir}", f"run_name={run_name}", "num_threads=1",
-        "eval_batch_size=16", "precision=fp32",
-    ]  # fmt: skip
+        "task_kind=causal_lm",
+        f"model={model_dir}",
+        "task=csv",
+        f"train_file={train}",
+        f"test_file={test}",
+        "num_clients=4",
+        "rounds=2",
+        "batch_size=8",
+        "lr=5e-3",
+        "max_length=32",
+        "lora_r=4",
+        "lora_dropout=0",
+        "teacher_data_pct=20",
+        f"output_dir={out_dir}",
+        f"run_name={run_name}",
+        "num_threads=1",
+        "eval_batch_size=16",
+        "precision=fp32",
+    ]

@@ -13,8 +13,8 @@ import torch
 
 from fl import comm
 from fl.cli import main
-from fl.config import ConfigError
-from fl.recipe import load_config
+from fl.config.recipe import load_config
+from fl.errors import ConfigError
 from fl.setup import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ CATALOGUE = [
         None,
         ["dp_clip=1", "dp_noise_multiplier=0.3", "dp_target_epsilon=0.01"],
         "dp_target_epsilon=0.01 is spent before round 1",
-    ),  # fmt: skip
+    ),
     # run folders and checkpoints
     ("existing-run-folder", None, ["prepare=finished"], "already holds a run (results.json"),
     ("resume-fewer-rounds", None, ["prepare=finished", "resume=true", "rounds=1"], "has finished round 2 and rounds=1"),
@@ -250,7 +250,7 @@ def test_every_numeric_key_with_extreme_values(tmp_path, tiny_overrides, capsys,
     """nan, inf, -inf, 0, -1 and a huge value for every numeric key: a one-line error (exit 2) or a
     successful tiny run (exit 0), never a traceback, never a hang (each case under a time limit)."""
     from fl.config import Config
-    from fl.setup import time_limit
+    from fl.data.partition import time_limit
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     kinds = {f.name: str(f.type) for f in dataclasses.fields(Config)}

@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+GLUE = Path(__file__).resolve().parent / "fixtures" / "glue"  # GLUE-shaped synthetic rows (tests/fixtures/make_glue.py)
 
 
 def test_schemes_quick(tmp_path, tiny_model_dir):
@@ -17,9 +17,14 @@ def test_schemes_quick(tmp_path, tiny_model_dir):
     # in one process (--nproc 1): the torchrun path of the benchmarks runs in bench.overhead's and bench.peer's tests
     path = schemes.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--nproc", "1"])
     doc = json.loads(path.with_suffix(".json").read_text())
-    assert set(doc["results"]) == {"FedAvg", "FedLoRA", "FedKDLoRA (server KD)", "FedKDLoRA (client KD)",
-                                   "Centralized (1 client, FedLoRA)",
-                                   "Centralized full fine-tuning (1 client, FedAvg)"}  # fmt: skip
+    assert set(doc["results"]) == {
+        "FedAvg",
+        "FedLoRA",
+        "FedKDLoRA (server KD)",
+        "FedKDLoRA (client KD)",
+        "Centralized (1 client, FedLoRA)",
+        "Centralized full fine-tuning (1 client, FedAvg)",
+    }
     assert (tmp_path / "rotten_tomatoes-schemes-quick.png").stat().st_size > 0
     assert "machine:" in path.read_text() and "python -m bench.schemes" in path.read_text()
     before = path.read_text()
@@ -29,7 +34,6 @@ def test_schemes_quick(tmp_path, tiny_model_dir):
     assert (tmp_path / "rotten_tomatoes-schemes-quick.png").stat().st_size > 0
 
 
-@pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue not present")
 def test_overhead_quick(tmp_path, tiny_model_dir):
     from bench import overhead
 
@@ -37,8 +41,10 @@ def test_overhead_quick(tmp_path, tiny_model_dir):
     path = overhead.main(args)
     doc = json.loads(path.with_suffix(".json").read_text())
     runs = {k: v for k, v in doc.items() if "/" in k}
-    assert set(runs) == {"fedlora/torchrun 3 procs (rank 0 + 2 client ranks)",
-                         "fedavg/torchrun 3 procs (rank 0 + 2 client ranks)"}  # fmt: skip
+    assert set(runs) == {
+        "fedlora/torchrun 3 procs (rank 0 + 2 client ranks)",
+        "fedavg/torchrun 3 procs (rank 0 + 2 client ranks)",
+    }
     for v in runs.values():
         assert v["ratio"] > 0 and v["plain_variant"] == "2 worker processes x 1 thread"
         assert len(v["plain"]) == 1 and len(v["fl"]) == 2  # 1 round (+ fl's round 0)
@@ -48,7 +54,6 @@ def test_overhead_quick(tmp_path, tiny_model_dir):
     assert "python -m bench.overhead --quick" in path.read_text()
 
 
-@pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue not present")
 def test_peer_quick(tmp_path, tiny_model_dir):
     pytest.importorskip("flwr", reason="Flower comes with the peer extra: pip install -e '.[peer]'")
     from bench import peer
@@ -76,9 +81,9 @@ def test_scaling_quick(tmp_path, tiny_model_dir):
 def test_algorithms_quick(tmp_path, tiny_model_dir):
     from bench import algorithms
 
-    if not GLUE.is_dir():
-        pytest.skip("../shared/data/glue not present")
-    path = algorithms.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--nproc", "1"])
+    path = algorithms.main(
+        ["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--data-dir", str(GLUE), "--nproc", "1"]
+    )
     doc = json.loads(path.with_suffix(".json").read_text())
     assert set(doc["results"]) == {label for label, _ in algorithms.ALGORITHMS}
     assert (tmp_path / "algorithms-quick.png").stat().st_size > 0
@@ -89,9 +94,7 @@ def test_algorithms_quick(tmp_path, tiny_model_dir):
 def test_cola_sweep_quick(tmp_path, tiny_model_dir):
     from bench import cola_sweep
 
-    if not GLUE.is_dir():
-        pytest.skip("../shared/data/glue not present")
-    path = cola_sweep.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    path = cola_sweep.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--data-dir", str(GLUE)])
     doc = json.loads(path.with_suffix(".json").read_text())
     assert sum(k.startswith("3: federated") for k in doc["results"]) == 2
     assert len(doc["results"]) == len(cola_sweep.STAGE1) + 3 + 2
@@ -100,9 +103,9 @@ def test_cola_sweep_quick(tmp_path, tiny_model_dir):
 def test_lora_aggregation_quick(tmp_path, tiny_model_dir):
     from bench import lora_aggregation
 
-    if not GLUE.is_dir():
-        pytest.skip("../shared/data/glue not present")
-    path = lora_aggregation.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    path = lora_aggregation.main(
+        ["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--data-dir", str(GLUE)]
+    )
     doc = json.loads(path.with_suffix(".json").read_text())
     assert len(doc["results"]) == 2 * len(lora_aggregation.MODES) + 1
     assert (tmp_path / "lora-aggregation-quick-sst2.png").stat().st_size > 0
@@ -111,9 +114,9 @@ def test_lora_aggregation_quick(tmp_path, tiny_model_dir):
 def test_privacy_quick(tmp_path, tiny_model_dir):
     from bench import privacy
 
-    if not GLUE.is_dir():
-        pytest.skip("../shared/data/glue not present")
-    path = privacy.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--nproc", "1"])
+    path = privacy.main(
+        ["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--data-dir", str(GLUE), "--nproc", "1"]
+    )
     doc = json.loads(path.with_suffix(".json").read_text())
     assert list(doc["results"]) == ["no DP (epsilon = inf)", "epsilon 8", "epsilon 2"]
     eps = [r["rounds"][-1].get("dp_epsilon") for r in doc["results"].values()]
@@ -123,9 +126,7 @@ def test_privacy_quick(tmp_path, tiny_model_dir):
 def test_gpu_bench_quick_runs_on_any_device(tmp_path, tiny_model_dir):
     from bench import gpu
 
-    if not GLUE.is_dir():
-        pytest.skip("../shared/data/glue not present")
-    path = gpu.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    path = gpu.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--data-dir", str(GLUE)])
     doc = json.loads(path.with_suffix(".json").read_text())
     speed = doc["client_speed"]["minilm"]["examples_per_s"]
     assert set(speed) == {"fl", "fl_bf16", "plain"} and min(speed.values()) > 0
@@ -137,7 +138,7 @@ def test_schemes_take_the_task_recipes_settings():
     """bench.schemes --task cola runs every scheme with the CoLA recipe's data order and arithmetic,
     and every LoRA scheme with its LoRA settings; tasks without a recipe of their own add nothing."""
     from bench.schemes import SHARED_KEYS, task_lora_settings
-    from fl.recipe import load_recipe
+    from fl.config.recipe import load_recipe
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "cola-fedlora.yaml")
     shared = task_lora_settings("cola", SHARED_KEYS)
@@ -150,8 +151,20 @@ def test_schemes_take_the_task_recipes_settings():
 def test_llm_quick(tmp_path, tiny_llama_dir):
     from bench import llm
 
-    path = llm.main(["--quick", "--model", str(tiny_llama_dir), "--out", str(tmp_path), "--nproc", "1",
-                     "--top-k", "4", "long_prompts=skip"])  # fmt: skip
+    path = llm.main(
+        [
+            "--quick",
+            "--model",
+            str(tiny_llama_dir),
+            "--out",
+            str(tmp_path),
+            "--nproc",
+            "1",
+            "--top-k",
+            "4",
+            "long_prompts=skip",
+        ]
+    )
     doc = json.loads(path.with_suffix(".json").read_text())
     assert set(doc["results"]) == {"FedLoRA (fedit)", "FFA-LoRA", "FedKDLoRA (client KD, top-k)"}
     kd = doc["results"]["FedKDLoRA (client KD, top-k)"]["rounds"][1]

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fl.config.recipe import load_config
 from fl.job import run_document as run
-from fl.recipe import load_config
-from tests.test_server import RECIPE, run_torchrun
+from tests.helpers import RECIPE, run_torchrun
 
 pytestmark = [pytest.mark.cuda, pytest.mark.slow]
 
@@ -70,12 +70,22 @@ def test_fedkdlora_both_placements_on_the_gpu(tmp_path, tiny_overrides, tiny_mod
     from fl.cli import main
 
     # the tiny teacher has 2 layers: a 1-layer student (the recipe asks for 3 of MiniLM's 6)
-    kd = base(tiny_overrides, tmp_path, "device=cuda", f"teacher_model={tiny_model_dir}", "teacher_pretrain_epochs=1",
-              "kd_public_examples=16", "student_layers=1")  # fmt: skip
+    kd = base(
+        tiny_overrides,
+        tmp_path,
+        "device=cuda",
+        f"teacher_model={tiny_model_dir}",
+        "teacher_pretrain_epochs=1",
+        "kd_public_examples=16",
+        "student_layers=1",
+    )
     kd_recipe = str(RECIPE.parent / "fedkdlora.yaml")
     assert main(["pretrain-teacher", kd_recipe, *kd, "run_name=teacher"]) == 0
-    proc = run_torchrun(3, [*kd, f"teacher_ckpt={tmp_path / 'teacher' / 'teacher'}", f"kd_placement={placement}",
-                            "run_name=kd"], RECIPE.parent / "fedkdlora.yaml")  # fmt: skip
+    proc = run_torchrun(
+        3,
+        [*kd, f"teacher_ckpt={tmp_path / 'teacher' / 'teacher'}", f"kd_placement={placement}", "run_name=kd"],
+        RECIPE.parent / "fedkdlora.yaml",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "kd" / "results.json").read_text())
     assert all(isinstance(r["teacher_test_accuracy"], float) for r in doc["rounds"])
@@ -116,15 +126,19 @@ def test_qlora_trains_a_4bit_causal_lm(tmp_path, tiny_llama_dir, tiny_sft):
     pytest.importorskip("bitsandbytes")
     from tests.conftest import lm_overrides
 
-    over = lm_overrides(tiny_llama_dir, *tiny_sft, tmp_path, "q") + ["device=cuda", "load_in_4bit=true",
-                                                                     "max_new_tokens=0", "rounds=1"]  # fmt: skip
+    over = lm_overrides(tiny_llama_dir, *tiny_sft, tmp_path, "q") + [
+        "device=cuda",
+        "load_in_4bit=true",
+        "max_new_tokens=0",
+        "rounds=1",
+    ]
     doc = run(load_config(RECIPE, over))
     assert doc["rounds"][1]["test_loss"] < doc["rounds"][0]["test_loss"] + 1.0
     assert (tmp_path / "q" / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_precision_auto_on_the_gpu_follows_its_bf16_support():
-    from fl.train import resolve_precision
+    from fl.models.precision import resolve_precision
 
     expect = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     assert resolve_precision("auto", torch.device("cuda:0")) == expect

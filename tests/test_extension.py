@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import fl
-from fl.data import TextDataset
+from fl.data.labelled import TextDataset
 from fl.strategies import Aggregator
 from fl.strategies.aggregate import coordinate_median
 from fl.strategies.base import ClientContext, ServerStep, State, TrainResult
@@ -117,9 +117,21 @@ class StopAfter(fl.Callback):
 
 # ---- helpers ------------------------------------------------------------------------------------
 def base_overrides(model: Path, out: Path, run_name: str, **extra: Any) -> dict[str, Any]:
-    return {"model": str(model), "num_clients": 4, "rounds": 2, "batch_size": 16, "lr": 5e-3, "max_length": 16,
-            "lora_r": 4, "teacher_data_pct": 20, "output_dir": str(out), "run_name": run_name, "num_threads": 1,
-            "precision": "fp32", **extra}  # fmt: skip
+    return {
+        "model": str(model),
+        "num_clients": 4,
+        "rounds": 2,
+        "batch_size": 16,
+        "lr": 5e-3,
+        "max_length": 16,
+        "lora_r": 4,
+        "teacher_data_pct": 20,
+        "output_dir": str(out),
+        "run_name": run_name,
+        "num_threads": 1,
+        "precision": "fp32",
+        **extra,
+    }
 
 
 def csv_overrides(tiny_task) -> dict[str, Any]:
@@ -189,8 +201,10 @@ def test_a_resumed_run_with_the_user_part_equals_an_uninterrupted_one_bit_for_bi
 def test_a_recipe_outside_the_repo_names_the_part_by_dotted_path_under_torchrun(tmp_path, tiny_model_dir, tiny_task):
     folder = tmp_path / "my_project"
     folder.mkdir()
-    header = "from typing import Any\n\nimport torch\n\nimport fl\nfrom fl.strategies.base import ClientContext, " \
-             "ServerStep, State, TrainResult\n\n\n"  # fmt: skip
+    header = (
+        "from typing import Any\n\nimport torch\n\nimport fl\nfrom fl.strategies.base import ClientContext, "
+        "ServerStep, State, TrainResult\n\n\n"
+    )
     (folder / "my_algos.py").write_text(header + inspect.getsource(Lookahead))
     recipe = {"scheme": "fedlora", "parts": [{"_component_": "my_algos.Lookahead", "alpha": 0.5}]}
     recipe.update(base_overrides(tiny_model_dir, tmp_path / "out", "dotted"))
@@ -262,12 +276,15 @@ def test_a_callback_that_stops_after_round_2_leaves_a_valid_resumable_run(tmp_pa
     [
         ("parts=[{_component_: no_such_module.Part}]", "parts[0]: 'no_such_module.Part' names no module"),
         ("parts=[{_component_: fl.strategies.FedProx, muu: 1}]", "parts[0]: fl.strategies.FedProx takes no argument"),
-        ("parts=[{_component_: fl.callbacks.EarlyStopping}]", "parts[0]: fl.callbacks.EarlyStopping is not an fl.Part"),
+        (
+            "parts=[{_component_: fl.output.callbacks.EarlyStopping}]",
+            "parts[0]: fl.output.callbacks.EarlyStopping is not an fl.Part",
+        ),
         ("callbacks=[{_component_: fl.strategies.FedProx, mu: 1}]", "callbacks[0]: fl.strategies.FedProx is not an"),
         ("parts=[{_component_: fl.strategies.FedProx, mu: -1}]", "parts[0]: fl.strategies.FedProx: prox_mu=-1"),
         ("parts=[{_component_: feddyn}]", "feddyn needs feddyn_alpha > 0"),
-        ("task={_component_: fl.callbacks.EarlyStopping}", "task: a EarlyStopping is not an fl.Task"),
-        ("parts=[{_component_: fl.config.BIG}]", "is a int, not a class or function"),
+        ("task={_component_: fl.output.callbacks.EarlyStopping}", "task: a EarlyStopping is not an fl.Task"),
+        ("parts=[{_component_: fl.config.fields.BIG}]", "is a int, not a class or function"),
         ("parts=[{mu: 1}]", "parts[0]: {'mu': 1} is not a component"),
     ],
 )
@@ -316,8 +333,20 @@ def test_the_worked_examples_run_from_a_python_script_under_torchrun(tmp_path, t
 
 
 def test_the_public_api_names():
-    assert set(fl.__all__) == {"run", "load_config", "Config", "Result", "Part", "ClientTerm", "Task", "Callback",
-                               "ConfigError", "RunStopped"}  # fmt: skip
+    assert set(fl.__all__) == {
+        "run",
+        "load_config",
+        "Config",
+        "Result",
+        "Part",
+        "ClientTerm",
+        "Task",
+        "Callback",
+        "EarlyStopping",
+        "ConfigError",
+        "RunStopped",
+    }
+    assert fl.callbacks.EarlyStopping is fl.EarlyStopping  # the module's old name still answers
     for name in fl.__all__:
         assert getattr(fl, name) is not None
 

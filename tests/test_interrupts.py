@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server import RECIPE, ROOT, run_torchrun
+from tests.helpers import RECIPE, ROOT, run_torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +23,14 @@ def test_signal_leaves_valid_results_marked_interrupted(tmp_path, tiny_overrides
     over = [o for o in tiny_overrides if not o.startswith(("output_dir", "rounds"))]
     over += [f"output_dir={tmp_path}", "rounds=200"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "fl", "run", str(RECIPE), *over], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fl", "run", str(RECIPE), *over],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     results = tmp_path / "tiny" / "results.json"
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until round 1 is on disk

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fl.config.recipe import load_config
 from fl.job import run_document as run
-from fl.recipe import load_config
-from tests.test_server import RECIPE, hand_rounds, run_torchrun
+from tests.helpers import RECIPE, hand_rounds, run_torchrun
 
 TIME_KEYS = {
     "time_s",

@@ -3,76 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from fl import comm, models
+from fl.comm.message import Message
+from fl.config.recipe import load_config
 from fl.job import run_document as run
-from fl.message import Message
-from fl.recipe import load_config
-from fl.setup import prepare
-from fl.train import LocalSchedule, client_seed, train_local
 from tests.conftest import make_overrides, score
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "fedlora.yaml"
-ROUND_KEYS = {
-    "round",
-    "test_loss",
-    "test_accuracy",
-    "test_mcc",
-    "test_f1",
-    "train_loss",
-    "time_s",
-    "bytes_up",
-    "bytes_down",
-}
-
-
-def run_torchrun(nproc: int, overrides: list[str], recipe: Path = RECIPE) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "fl", "run", str(recipe), *overrides]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    if proc.returncode != 0:  # keep the whole log: torchrun's summary alone hides the cause
-        Path("/tmp/fl-torchrun-failure.log").write_text(proc.stdout + proc.stderr)
-    return proc
-
-
-def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
-
-
-def hand_rounds(cfg, rounds: int, skip: frozenset[int] = frozenset()) -> list[dict[str, torch.Tensor]]:
-    """Replay the federation in this process: train each client from the global state, then take
-    sum_i n_i * theta_i / sum_i n_i written out by hand. Returns the global state after each round."""
-    torch.set_num_threads(1)
-    s = prepare(cfg, comm.Runtime())
-    enc = {c: s.task.encode(s.tokenizer, s.task.train.subset(s.shards[c])) for c in range(cfg.num_clients)}
-    glob = {k: v.detach().clone() for k, v in models.get_trainable_state(s.model).items()}
-    history = []
-    for r in range(1, rounds + 1):
-        sent = []
-        for c in range(cfg.num_clients):
-            if c in skip:  # a client whose update the server leaves out
-                continue
-            models.set_trainable_state(s.model, glob)
-            schedule = LocalSchedule(cfg.lr, cfg.local_epochs, cfg.batch_size)
-            seed = client_seed(cfg.seed, r, c)
-            res = train_local(s.model, s.task, enc[c], schedule, seed=seed, device=torch.device("cpu"))
-            sent.append(
-                (res.num_examples, {k: v.detach().clone() for k, v in models.get_trainable_state(s.model).items()})
-            )
-        total = sum(n for n, _ in sent)
-        glob = {k: sum(n * st[k] for n, st in sent) / total for k in glob}
-        history.append(glob)
-    return history
+from tests.helpers import RECIPE, ROUND_KEYS, adapter_tensors, hand_rounds, run_torchrun
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +117,7 @@ def test_grouped_batches_and_auto_precision_run_and_are_recorded(tmp_path, tiny_
     over = [o for o in tiny_overrides if not o.startswith(("rounds", "batch_size"))] + ["rounds=1", "batch_size=2"]
     plain = run(load_config(RECIPE, [*over, "run_name=plain", "group_by_length=false"]))
     grouped = run(load_config(RECIPE, [*over, "run_name=grouped", "group_by_length=true", "precision=auto"]))
-    from fl.train import resolve_precision
+    from fl.models.precision import resolve_precision
 
     assert grouped["env"]["precision_rank0"] == resolve_precision("auto", torch.device("cpu"))
     assert plain["env"]["precision_rank0"] == "fp32" and grouped["config"]["group_by_length"] is True

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import fl
-from fl.callbacks import RunInfo
+from fl.output.callbacks import RunInfo
 
 
 class StopAtTarget(fl.Callback):

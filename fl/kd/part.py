@@ -38,6 +38,7 @@ from fl.strategies.base import (
     State,
     TrainResult,
 )
+from fl.tasks.order import cycle_batches
 
 
 def public_rows(seed: int, round_idx: int, public_size: int, per_round: int | None) -> list[int]:
@@ -49,18 +50,13 @@ def public_rows(seed: int, round_idx: int, public_size: int, per_round: int | No
 
 def cycle_rows(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     """Endless seeded batches of row positions 0..n-1, reshuffled at each pass."""
-    gen = torch.Generator().manual_seed(seed + 7919)
-    while True:
-        order = torch.randperm(n, generator=gen).tolist()
-        for start in range(0, n, batch_size):
-            yield order[start : start + batch_size]
+    return cycle_batches(n, batch_size, seed + 7919)
 
 
 class DistillTerm(ClientTerm):
     """Each local step also takes the next batch of public rows: loss = (1 - a) * loss + a * T^2 * KL."""
 
-    def __init__(self, task: Any, data: Any, targets: State, alpha: float, temperature: float,
-                 ctx: ClientContext):  # fmt: skip
+    def __init__(self, task: Any, data: Any, targets: State, alpha: float, temperature: float, ctx: ClientContext):
         self.task, self.data, self.targets, self.alpha, self.temperature = task, data, targets, alpha, temperature
         self.device, self.shard = ctx.device, ctx.shard
         self.rows = cycle_rows(len(data), ctx.batch_size, ctx.seed)
@@ -106,8 +102,15 @@ class Distillation(Part):
         c = config
         if c.scheme != "fedkdlora" or not c.teacher_ckpt:
             raise ConfigError("the distillation part is FedKDLoRA's: use scheme=fedkdlora teacher_ckpt=<folder>")
-        return cls(c.kd_placement == "clients", c.kd_public_examples, c.seed, c.rounds, c.kd_alpha, c.kd_temperature,
-                   config=config)  # fmt: skip
+        return cls(
+            c.kd_placement == "clients",
+            c.kd_public_examples,
+            c.seed,
+            c.rounds,
+            c.kd_alpha,
+            c.kd_temperature,
+            config=config,
+        )
 
     def setup(self, ctx: SetupContext) -> None:
         """The teacher on rank 0; the student's public rows on client ranks (rank 0's teacher copy in one process)."""

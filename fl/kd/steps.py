@@ -1,7 +1,7 @@
 """The teacher's distillation steps: mutual distillation with the aggregated student
 (kd_placement=server) and learning from the clients' student ensemble (kd_placement=clients).
 Runs on rank 0; knows nothing of ranks or collectives. What a model outputs for a batch of rows
-is the task's (`task.kd_forward`). Pre-training lives in `fl.pretrain`.
+is the task's (`task.kd_forward`). Pre-training lives in `fl.kd.pretrain`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from fl.config import Config
-from fl.kd.losses import attention_loss, kd_loss, with_ce
+from fl.tasks.kd_losses import attention_loss, kd_loss, with_ce
+from fl.tasks.order import row_batches
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,7 @@ class DistillSettings:
 
 def _batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     """Seeded shuffle of positions 0..n-1, in batches."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    return iter(row_batches(n, batch_size, seed))
 
 
 def mutual_distill(

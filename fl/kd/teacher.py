@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl.checkpoint import load_optimizer, optimizer_tensors, split_prefix, with_prefix
 from fl.config import Config
 from fl.kd.steps import DistillSettings, learn_from_targets, mutual_distill
 from fl.models import ModelSpec
-from fl.rundir import save_pretrained_atomic
+from fl.output.checkpoint import load_optimizer, optimizer_tensors, split_prefix, with_prefix
+from fl.output.rundir import save_pretrained_atomic
 
 
 @dataclass
@@ -78,14 +78,27 @@ class TeacherServer:
         if self.on_clients:
             assert ensemble is not None, "kd_placement=clients needs the clients' ensemble logits"
             loss = learn_from_targets(
-                self.task, self.teacher, self.public_t.subset(rows), ensemble, self.settings, self.optimizer, seed,
+                self.task,
+                self.teacher,
+                self.public_t.subset(rows),
+                ensemble,
+                self.settings,
+                self.optimizer,
+                seed,
                 self.device,
-            )  # fmt: skip
+            )
             return {"kd_teacher_loss": loss}
         return mutual_distill(
-            self.task, self.teacher, student, self.public_t.subset(rows), self.public_s.subset(rows),
-            self.settings, self.optimizer, seed, self.device,
-        )  # fmt: skip
+            self.task,
+            self.teacher,
+            student,
+            self.public_t.subset(rows),
+            self.public_s.subset(rows),
+            self.settings,
+            self.optimizer,
+            seed,
+            self.device,
+        )
 
     def evaluate(self) -> dict[str, float]:
         sums = self.task.eval_sums(self.teacher, self.test_t, self.eval_batch_size, self.device)

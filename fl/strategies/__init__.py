@@ -3,8 +3,10 @@ robust, DP-FedAvg), server optimizers, FedProx, SCAFFOLD, FedDyn, the LoRA aggre
 compressed transport; FedKDLoRA's distillation is a part too, in `fl.kd`.
 
 The flat config keys (`prox_mu=0.1`, `aggregation=median`, ...) name built-in parts through one
-table (`builtin_parts`), and every part, fl's or a user's, is built by `fl.components.instantiate`
-from the same kind of spec. Build a strategy with `build_strategy`.
+table (`builtin_parts`), and every part, fl's or a user's, is built by `fl.config.components.instantiate`
+from the same kind of spec. Build a strategy with `build_strategy`. May import config, models (the
+model spec), `fl.comm.message` and `fl.comm.codecs` (what travels, and how it is compressed); never
+the collectives, tasks or the client runners: parts are pure functions over named tensors.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fl.components import instantiate
-from fl.config import Config, ConfigError
+from fl.config import Config
+from fl.config.components import instantiate
+from fl.errors import ConfigError
 from fl.models import ModelSpec
 from fl.strategies.aggregate import Aggregator, MeanAggregation, RobustAggregation
 from fl.strategies.base import ClientTerm, ClientUpdate, Part, RoundPlan, SetupContext, State, update_problem
@@ -120,8 +123,27 @@ def model_spec(cfg: Config) -> ModelSpec:
 
 
 __all__ = [
-    "Aggregator", "ClientTerm", "ClientUpdate", "Compression", "FedDyn", "FedProx", "LoraAggregator",
-    "MeanAggregation", "Part", "PrivacySettings", "PrivateAggregation", "RobustAggregation", "RoundPlan", "Scaffold",
-    "ServerOptimizer", "SetupContext", "State", "Strategy", "build_parts", "build_strategy", "model_spec",
-    "round_stats", "update_problem",
-]  # fmt: skip
+    "Aggregator",
+    "ClientTerm",
+    "ClientUpdate",
+    "Compression",
+    "FedDyn",
+    "FedProx",
+    "LoraAggregator",
+    "MeanAggregation",
+    "Part",
+    "PrivacySettings",
+    "PrivateAggregation",
+    "RobustAggregation",
+    "RoundPlan",
+    "Scaffold",
+    "ServerOptimizer",
+    "SetupContext",
+    "State",
+    "Strategy",
+    "build_parts",
+    "build_strategy",
+    "model_spec",
+    "round_stats",
+    "update_problem",
+]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fl.message import Message
+from fl.comm.message import Message
 from fl.strategies.base import ClientUpdate, Part, RoundPlan, ServerStep, State
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl.message import Message
+from fl.comm.message import Message
 
 State = dict[str, torch.Tensor]
 REJECT_REASONS = {1: "non-finite values", 2: "update norm above max_update_norm"}

@@ -1,4 +1,4 @@
-"""Compressed updates as a part of the strategy (`update_compression`, codecs in `fl.codecs`).
+"""Compressed updates as a part of the strategy (`update_compression`, codecs in `fl.comm.codecs`).
 
 Up: each client's message (its change, and what travels beside it) is encoded on the client's
 rank and decoded on rank 0 before anything is summed, so every aggregator and server optimizer
@@ -16,14 +16,15 @@ from typing import Any
 
 import torch
 
-from fl.codecs import Codec
-from fl.config import Config, ConfigError
-from fl.message import Message
+from fl.comm.codecs import Codec
+from fl.comm.message import Message
+from fl.config import Config
+from fl.errors import ConfigError
 from fl.strategies.base import ByteCount, Part, RoundPlan, State
 
 
 class Compression(Part):
-    """The part that encodes what travels (`encodes_wire`): `fl.transport` calls its encode / decode
+    """The part that encodes what travels (`encodes_wire`): `fl.comm.transport` calls its encode / decode
     methods (`encode_client`, `upload_bytes`, `codec.decode`, `encode_down`, `decode_down`,
     `down_bytes`, `remember`, `last_sent`) instead of moving fp32 tensors."""
 

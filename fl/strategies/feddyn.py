@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl.config import Config, ConfigError
+from fl.config import Config
+from fl.errors import ConfigError
 from fl.strategies.base import ClientContext, ClientTerm, Part, ServerStep, State, TrainResult
 
 

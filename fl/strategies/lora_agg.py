@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from fl import models
-from fl.config import Config, ConfigError, parse_ranks
+from fl.config import Config, parse_ranks
+from fl.errors import ConfigError
 from fl.strategies.base import (
     ByteCount,
     ClientContext,
@@ -237,8 +238,12 @@ class LoraAggregator(Part):
         if not self.sends_products:
             return {}
         full = {**self.frozen, **global_state}
-        return {"products": {m: torch.zeros(full[b].shape[0], full[a].shape[1], device=full[b].device)
-                             for m, (a, b) in self.modules.items()}}  # fmt: skip
+        return {
+            "products": {
+                m: torch.zeros(full[b].shape[0], full[a].shape[1], device=full[b].device)
+                for m, (a, b) in self.modules.items()
+            }
+        }
 
     def withheld(self, global_state: State) -> set[str]:
         """flex: A and B travel as products, not as changes."""
@@ -265,8 +270,10 @@ class LoraAggregator(Part):
             if msg.scalars["accepted"] <= 0 or weight <= 0:
                 continue
             per = weight if step.weighted else 1.0  # the change travelled multiplied by its examples
-            own = {k: step.global_state[k].float() + v.to(step.global_state[k].device) / per
-                   for k, v in msg.parts["delta"].items()}  # fmt: skip
+            own = {
+                k: step.global_state[k].float() + v.to(step.global_state[k].device) / per
+                for k, v in msg.parts["delta"].items()
+            }
             clients.append((weight, {**self.frozen, **own}))
         return factored_error(clients, {**self.frozen, **step.new}, self.modules)  # type: ignore[dict-item]
 

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fl.config import Config, ConfigError
-from fl.message import Message
+from fl.comm.message import Message
+from fl.config import Config
+from fl.errors import ConfigError
 from fl.strategies.aggregate import Aggregator
 from fl.strategies.base import ClientUpdate, RoundPlan, ServerStep, State
 
@@ -91,8 +92,15 @@ class PrivacySettings:
         rate = (cfg.clients_per_round or cfg.num_clients) / cfg.num_clients
         delta = cfg.dp_delta if cfg.dp_delta is not None else default_delta(cfg.num_clients)
         assert cfg.dp_clip is not None, "DP needs dp_clip"
-        return cls(cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_noise_placement, rate, cfg.num_clients, delta,
-                   cfg.dp_target_epsilon)  # fmt: skip
+        return cls(
+            cfg.dp_clip,
+            cfg.dp_noise_multiplier,
+            cfg.dp_noise_placement,
+            rate,
+            cfg.num_clients,
+            delta,
+            cfg.dp_target_epsilon,
+        )
 
     def client_noise_std(self, sampled: int) -> float:
         """Each of the m sampled clients' share, so that the sum carries std z * C."""

@@ -8,7 +8,7 @@ FedAvg and FedLoRA are one strategy (what trains is the model's business); every
 The order is the order of the server step (the aggregator's pseudo-gradient, the server optimizer's
 step, then the stateful parts) and of the client terms (FedProx's pull before FlexLoRA's mask).
 
-What travels, by name (`fl.message.Message`):
+What travels, by name (`fl.comm.message.Message`):
   up:   delta/<tensor> (sum_i w_i * (theta_i - global)), the parts' own (control/, products/,
         logits/), scalars weight, accepted, c<i>.examples|loss_sum|seen|reject|norm per sampled client
   down: global/<tensor>, the parts' own (control/, base/, teacher/)
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl.message import Message
+from fl.comm.message import Message
 from fl.strategies.aggregate import Aggregator
 from fl.strategies.base import (
     REJECT_REASONS,
@@ -52,8 +52,15 @@ def sample_clients(num_clients: int, per_round: int | None, seed: int, round_idx
 class Strategy:
     """The parts of one run's algorithm; `parts[0]` is the aggregator."""
 
-    def __init__(self, parts: list[Part], num_clients: int, seed: int, lr: float, round_lr_decay: float = 1.0,
-                 clients_per_round: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        parts: list[Part],
+        num_clients: int,
+        seed: int,
+        lr: float,
+        round_lr_decay: float = 1.0,
+        clients_per_round: int | None = None,
+    ):
         if not parts or not isinstance(parts[0], Aggregator):
             raise ValueError("a strategy starts with its aggregator")
         if sum(p.encodes_wire for p in parts) > 1:

@@ -3,8 +3,13 @@ evaluation as metric sums, the metrics, the head, distillation targets). The rou
 the strategy know none of it: they call the `Task` protocol.
 
 - `classify` (`tasks/classify.py`): sequence classification (SST-2, CoLA, Rotten Tomatoes, your files).
-- `causal_lm` (`tasks/causal_lm.py`, with `lm_data.py` and `lm_encode.py`): decoder LLMs, instruction
+- `causal_lm` (`tasks/causal_lm.py`, with `fl/data/lm_rows.py` and `lm_encode.py`): decoder LLMs, instruction
   tuning and LM fine-tuning, perplexity and generated-answer accuracy, top-k KD on token logits.
+- `order` (the one seeded batch order), `metrics` (classification's), `kd_losses` (the KD losses a
+  task computes).
+
+May import config, data, models and `fl.comm.message` (evaluation returns metric sums as a
+Message); never ranks, collectives, strategies or the client runners.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from fl.components import instantiate
-from fl.config import Config, ConfigError
-from fl.message import Message
+from fl.comm.message import Message
+from fl.config import Config
+from fl.config.components import instantiate
+from fl.errors import ConfigError
 from fl.models import ModelSpec
 
 State = dict[str, torch.Tensor]
@@ -125,21 +131,38 @@ class Task(Protocol):
         """The clients' mean reply as targets for the teacher (`sent`: what the teacher sent this round)."""
         ...
 
-    def kd_kl(self, model: nn.Module, data: Any, rows: Sequence[int], targets: State, temperature: float,
-              device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+    def kd_kl(
+        self, model: nn.Module, data: Any, rows: Sequence[int], targets: State, temperature: float, device: torch.device
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """T^2 KL(targets || model) on a batch of rows, and the model's outputs there (logits, labels)."""
         ...
 
-    def kd_forward(self, model: nn.Module, data: Any, rows: Sequence[int], device: torch.device,
-                   attentions: bool = False) -> dict[str, Any]:  # fmt: skip
+    def kd_forward(
+        self, model: nn.Module, data: Any, rows: Sequence[int], device: torch.device, attentions: bool = False
+    ) -> dict[str, Any]:
         """The model's outputs that distillation compares: logits [N, K] (+ labels, attentions, mask)."""
         ...
 
 
 REQUIRED = (
-    "name", "metric", "columns", "train", "test", "build_model", "encode", "without_rows", "partition_labels",
-    "partition_groups", "train_batches", "loss", "batch_weight", "is_head", "eval_sums", "eval_template", "metrics",
-)  # fmt: skip  # what every run calls; the kd_* methods only FedKDLoRA
+    "name",
+    "metric",
+    "columns",
+    "train",
+    "test",
+    "build_model",
+    "encode",
+    "without_rows",
+    "partition_labels",
+    "partition_groups",
+    "train_batches",
+    "loss",
+    "batch_weight",
+    "is_head",
+    "eval_sums",
+    "eval_template",
+    "metrics",
+)  # what every run calls; the kd_* methods only FedKDLoRA
 
 
 def check_task(task: Any, key: str) -> Task:
@@ -156,7 +179,7 @@ def check_task(task: Any, key: str) -> Task:
 def build_task(cfg: Config, task: Task | None = None) -> Task:
     """The task of a run, its data loaded and checked: `task` (an object from `fl.run(task=...)`), the
     config's task component, or the built-in task of `task_kind` (classify, causal_lm), all built by
-    `fl.components.instantiate`."""
+    `fl.config.components.instantiate`."""
     if task is not None:
         return check_task(task, "task")
     if isinstance(cfg.task, dict):

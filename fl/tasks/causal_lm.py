@@ -11,7 +11,7 @@ text), with `AutoModelForCausalLM` and any algorithm of the strategy.
 - Distillation (FedKDLoRA on token logits): per scored token, the teacher's k most likely tokens
   at temperature T (`kd_top_k`): their probabilities and indices travel, not the vocabulary; the
   clients answer with their own probabilities on those tokens, and the KL is taken over the top-k
-  support plus one tail bucket (`fl.kd.losses.topk_kl`).
+  support plus one tail bucket (`fl.tasks.kd_losses.topk_kl`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fl import models
-from fl.config import Config, ConfigError
-from fl.kd.losses import topk_kl
-from fl.message import Message
+from fl.comm.message import Message
+from fl.config import Config
+from fl.data.lm_rows import LMData, LMRows, load_lm_data
+from fl.errors import ConfigError
+from fl.models.precision import autocast
 from fl.tasks import SplitSummary, lm_encode
-from fl.tasks.lm_data import LMData, LMRows, load_lm_data
+from fl.tasks.kd_losses import topk_kl
 from fl.tasks.lm_encode import IGNORE, LMEncoded
-from fl.train import autocast
 
 State = dict[str, torch.Tensor]
 
@@ -86,9 +87,20 @@ class CausalLMTask:
             answers = [str(m[-1]["content"]) for m in data.test.ds["messages"]] if data.kind == "chat" else []
             longest = max((len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers), default=99)
             new = longest + 8 if longest <= 24 else 0
-        return cls(data, tokenizer, cfg.max_length, cfg.train_on_prompt, cfg.long_prompts, new, cfg.kd_top_k,
-                   cfg.kd_temperature, cfg.gradient_checkpointing, cfg.load_in_4bit, cfg.precision,
-                   cfg.group_by_length)  # fmt: skip
+        return cls(
+            data,
+            tokenizer,
+            cfg.max_length,
+            cfg.train_on_prompt,
+            cfg.long_prompts,
+            new,
+            cfg.kd_top_k,
+            cfg.kd_temperature,
+            cfg.gradient_checkpointing,
+            cfg.load_in_4bit,
+            cfg.precision,
+            cfg.group_by_length,
+        )
 
     def without_rows(self) -> CausalLMTask:
         """See `Task.without_rows` (`build_model` then loads the tokenizer from the model's folder)."""
@@ -177,8 +189,9 @@ class CausalLMTask:
         """Batches of equal row counts right-padded to one width and stacked in order (client-major)."""
         width = max(b["input_ids"].shape[1] for b in batches)
         pad = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "labels": IGNORE}
-        return {k: torch.cat([F.pad(b[k], (0, width - b[k].shape[1]), value=v) for b in batches])
-                for k, v in pad.items()}  # fmt: skip
+        return {
+            k: torch.cat([F.pad(b[k], (0, width - b[k].shape[1]), value=v) for b in batches]) for k, v in pad.items()
+        }
 
     def batch_weight(self, batch: dict[str, torch.Tensor]) -> int:
         """The loss's terms in a batch: its scored tokens (the loss is their mean)."""
@@ -204,8 +217,9 @@ class CausalLMTask:
             batch = {k: v.to(device) for k, v in lm_encode.collate(data, rows).items()}
             labels = batch.pop("labels")[:, 1:]
             logits = model(**batch).logits[:, :-1].float()
-            sums.scalars["eval.loss_sum"] += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(),
-                                                                    reduction="sum"))  # fmt: skip
+            sums.scalars["eval.loss_sum"] += float(
+                F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+            )
             sums.scalars["eval.tokens"] += int((labels != IGNORE).sum())
         if self.generates and len(data):
             exact, choice = self.score_answers(model, data, batch_size, device)
@@ -223,8 +237,9 @@ class CausalLMTask:
         choices = [normalise(c) for c in self.data.choices or ()]
         for rows in lm_encode.by_length([len(p) for p in data.prompts], batch_size):
             batch = {k: v.to(device) for k, v in lm_encode.collate_prompts(data, rows).items()}
-            out = model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                 pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+            out = model.generate(
+                **batch, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+            )
             texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             for text, i in zip(texts, rows, strict=True):
                 got, want = normalise(text), normalise(data.answers[i])
@@ -247,8 +262,9 @@ class CausalLMTask:
         """Scored positions per row (labels other than -100, after the shift)."""
         return [sum(1 for y in row[1:] if y != IGNORE) for row in data.labels]
 
-    def kd_forward(self, model: nn.Module, data: LMEncoded, rows: Sequence[int], device: torch.device,
-                   attentions: bool = False) -> dict[str, Any]:  # fmt: skip
+    def kd_forward(
+        self, model: nn.Module, data: LMEncoded, rows: Sequence[int], device: torch.device, attentions: bool = False
+    ) -> dict[str, Any]:
         """Logits at the scored positions of the rows, in row order: [N, V]; labels [N]."""
         if attentions:
             raise ConfigError("kd_attention_weight works with classifiers; set kd_attention_weight=0 for causal LMs")
@@ -300,8 +316,15 @@ class CausalLMTask:
         counts = self.scored(data)
         return [sum(counts[:i]) for i in range(len(counts) + 1)]
 
-    def kd_kl(self, model: nn.Module, data: LMEncoded, rows: Sequence[int], targets: State, temperature: float,
-              device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+    def kd_kl(
+        self,
+        model: nn.Module,
+        data: LMEncoded,
+        rows: Sequence[int],
+        targets: State,
+        temperature: float,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         out = self.kd_forward(model, data, rows, device)
         offsets = self.offsets(data)
         pick = torch.cat([torch.arange(offsets[r], offsets[r + 1]) for r in rows])
@@ -334,6 +357,10 @@ def quantized(load_in_4bit: bool) -> dict[str, Any]:
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("load_in_4bit=true needs bitsandbytes; run `pip install fl[qlora]` on the GPU machine")
-    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-                             bnb_4bit_use_double_quant=True)  # fmt: skip
+    cfg = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
     return {"quantization_config": cfg, "device_map": {"": torch.cuda.current_device()}}

@@ -1,7 +1,7 @@
 """Sequence classification: `AutoModelForSequenceClassification`, integer labels, cross-entropy, and
 accuracy / MCC / F1 from a confusion matrix.
 
-Rows come from `fl.data` (every source through `datasets`). Tokenization runs through
+Rows come from `fl.data.labelled` (every source through `datasets`). Tokenization runs through
 `Dataset.map`, whose cache serves a second run of the same data and tokenizer without tokenizing
 again; padding happens per batch, to the batch's longest row (`group_by_length` puts rows of similar
 length together: `fl.tasks.order`). Evaluation sums, per shard of the
@@ -19,13 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl import models, sources
-from fl.config import Config, ConfigError
-from fl.data import LabelledData, TextDataset, load_labelled
-from fl.kd.losses import kl_divergence
-from fl.message import Message
-from fl.metrics import classification_metrics, confusion_matrix
+from fl import models
+from fl.comm.message import Message
+from fl.config import Config
+from fl.data import sources
+from fl.data.labelled import LabelledData, TextDataset, load_labelled
+from fl.errors import ConfigError
 from fl.tasks import SplitSummary
+from fl.tasks.kd_losses import kl_divergence
+from fl.tasks.metrics import classification_metrics, confusion_matrix
 from fl.tasks.order import epoch_batches
 
 HEAD_MARKERS = ("classifier", "score.", "modules_to_save")  # parameter names of a classification head
@@ -225,8 +227,10 @@ class ClassifyTask:
         """Batches of equal row counts padded to one width and stacked in order (client-major)."""
         width = max(b["input_ids"].shape[1] for b in batches)
         pad = {"input_ids": 0, "attention_mask": 0}  # masked positions: their id changes no real row's output
-        out = {k: torch.cat([F.pad(b[k], (0, width - b[k].shape[1]), value=pad[k]) for b in batches])
-               for k in ("input_ids", "attention_mask")}  # fmt: skip
+        out = {
+            k: torch.cat([F.pad(b[k], (0, width - b[k].shape[1]), value=pad[k]) for b in batches])
+            for k in ("input_ids", "attention_mask")
+        }
         out["labels"] = torch.cat([b["labels"] for b in batches])
         return out
 
@@ -279,9 +283,14 @@ class ClassifyTask:
         return {"logits": ensemble}
 
     def kd_kl(
-        self, model: nn.Module, data: Encoded, rows: Sequence[int], targets: State, temperature: float,
+        self,
+        model: nn.Module,
+        data: Encoded,
+        rows: Sequence[int],
+        targets: State,
+        temperature: float,
         device: torch.device,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """T^2 KL(targets || model) on the rows, and the model's outputs there (logits, labels)."""
         out = self.kd_forward(model, data, rows, device)
         return kl_divergence(out["logits"], targets["logits"][list(rows)].to(device), temperature), out
@@ -292,5 +301,9 @@ class ClassifyTask:
         batch = {k: v.to(device) for k, v in collate(data, rows).items()}
         labels = batch.pop("labels")
         out = model(**batch, output_attentions=True) if attentions else model(**batch)
-        return {"logits": out.logits, "labels": labels, "attentions": out.attentions if attentions else None,
-                "mask": batch["attention_mask"]}  # fmt: skip
+        return {
+            "logits": out.logits,
+            "labels": labels,
+            "attentions": out.attentions if attentions else None,
+            "mask": batch["attention_mask"],
+        }

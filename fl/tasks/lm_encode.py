@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from fl.config import ConfigError
-from fl.tasks.lm_data import PLAIN_MULTI, PLAIN_TURNS, LMRows
+from fl.data.lm_rows import PLAIN_MULTI, PLAIN_TURNS, LMRows
+from fl.errors import ConfigError
 from fl.tasks.order import epoch_batches
 
 IGNORE = -100  # label of a position the loss does not count
@@ -49,7 +49,7 @@ def _ids(out: Any) -> list[int]:
 
 
 def render_plain(messages: list[dict], add_generation_prompt: bool) -> str:
-    """fl's plain template (tokenizers without a chat template): see `fl.tasks.lm_data`."""
+    """fl's plain template (tokenizers without a chat template): see `fl.data.lm_rows`."""
     turns = PLAIN_TURNS if len(messages) <= 2 and messages[0]["role"] == "user" else PLAIN_MULTI
     text = "".join(turns.get(m["role"], PLAIN_MULTI["user"]).format(m["content"]) for m in messages)
     if add_generation_prompt and turns is PLAIN_MULTI:
