@@ -119,7 +119,9 @@ def jobs(out: Path) -> list[tuple[str, list[str]]]:
 
 def plain_order(code: Path, cmd: list[str]) -> list[str]:
     """`group_by_length=false` for a job of `fl run` with code that has the key (older code shuffles plainly)."""
-    knows = "group_by_length" in (code / "fl" / "config.py").read_text()
+    config = code / "fl" / "config.py"  # a flat module before the config sections (fl/config/local.py)
+    text = config.read_text() if config.is_file() else (code / "fl" / "config" / "local.py").read_text()
+    knows = "group_by_length" in text
     return ["group_by_length=false"] if knows and "run" in cmd else []
 
 
