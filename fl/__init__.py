@@ -6,7 +6,7 @@
 Public names: `run`, `load_config`, `Config`, `Result`, `Part`, `ClientTerm`, `Task`, `Callback`,
 `EarlyStopping`, `ConfigError`, `RunStopped` (docs/extending.md). The rooms are sub-packages
 (`fl.config`, `fl.comm`, `fl.data`, `fl.models`, `fl.tasks`, `fl.strategies`, `fl.client`, `fl.kd`,
-`fl.output`); `fl.callbacks` and `fl.components`, where they lived before, still answer. They are
+`fl.output`); `fl/callbacks.py` and `fl/components.py` re-export what lived there before. They are
 imported on first use, so `import fl` stays light (the CLI's `--help` does not load torch).
 """
 
@@ -31,7 +31,6 @@ _PUBLIC = {
     "ConfigError": "fl.errors",
     "RunStopped": "fl.errors",
 }
-_MOVED = {"callbacks": "fl.output.callbacks", "components": "fl.config.components"}
 __all__ = [
     "Callback",
     "ClientTerm",
@@ -61,8 +60,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value
         return value
-    if name in _MOVED:  # a module that moved into a room keeps its old attribute name
-        return importlib.import_module(_MOVED[name])
     if importlib.util.find_spec(f"fl.{name}") is not None:  # a submodule: fl.output.callbacks, fl.strategies, ...
         return importlib.import_module(f"fl.{name}")
     raise AttributeError(f"module 'fl' has no attribute {name!r}")

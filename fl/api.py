@@ -18,7 +18,7 @@ from typing import Any
 
 from fl.config import Config
 from fl.config.components import import_user_modules
-from fl.config.recipe import build_config, load_recipe
+from fl.config.recipe import build_config, flatten, load_recipe
 from fl.errors import ConfigError
 from fl.job import Result
 from fl.job import run as run_job
@@ -38,7 +38,7 @@ def load_config(recipe: str | Path | Mapping[str, Any] | None = None, /, **overr
         values = load_recipe(recipe)
     else:
         raise ConfigError(f"load_config takes a recipe path or a mapping, not a {type(recipe).__name__}")
-    return build_config({**values, **overrides})
+    return build_config({**flatten(values), **flatten(overrides)})  # a section override keeps the rest
 
 
 def run(

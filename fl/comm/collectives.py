@@ -83,7 +83,7 @@ def reduce_sum(rt: Runtime, msg: Message, everyone: bool = False) -> tuple[Messa
     if not rt.distributed or not (everyone or rt.is_leader):
         return msg, 0
     flat, moved = Flat(msg), 0
-    senders = rt.world_size - 1 if everyone else rt.groups.groups
+    senders = rt.world_size - 1 if everyone else len(rt.federation) - 1
     for a, b in flat.buckets(rt.bucket_numel):
         if everyone or rt.client_group is None:
             group, size = (None, rt.world_size) if everyone else (rt.fed_group, 1 + senders)

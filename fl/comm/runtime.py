@@ -41,6 +41,15 @@ class Runtime:
     bucket_numel: int = 0  # values a collective moves at once (0: a whole message)
     groups: Placement = field(default_factory=lambda: Placement(1))  # client groups and leaders (fl.comm.placement)
 
+    def __post_init__(self) -> None:
+        if self.groups.world_size != self.world_size:  # a Runtime built by hand (tests): its own world's groups
+            k = (
+                self.ranks_per_client
+                if self.world_size > 1 and (self.world_size - 1) % self.ranks_per_client == 0
+                else 1
+            )
+            self.groups = Placement(self.world_size, ranks_per_client=k)
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -61,8 +70,9 @@ class Runtime:
 
     @property
     def federation(self) -> list[int]:
-        """Rank 0 and the client leaders, in group order: the ranks of the federated exchange."""
-        return [0, *self.groups.leaders()]
+        """Rank 0 and the client leaders, in group order: the ranks of the federated exchange ([0] in a
+        world of one, where rank 0 is its own client)."""
+        return [0, *self.groups.leaders()] if self.world_size > 1 else [0]
 
     @property
     def backend(self) -> str | None:

@@ -5,5 +5,6 @@ for the parts, tasks and callbacks a recipe names (`components`). Pure Python an
 """
 
 from fl.config.schema import COMPARE_IGNORED, RESUMABLE_KEYS, SECTION_OF, SECTIONS, Config, parse_ranks
+from fl.errors import ConfigError  # its home is fl.errors; kept here for imports written before
 
-__all__ = ["COMPARE_IGNORED", "Config", "RESUMABLE_KEYS", "SECTIONS", "SECTION_OF", "parse_ranks"]
+__all__ = ["COMPARE_IGNORED", "Config", "ConfigError", "RESUMABLE_KEYS", "SECTIONS", "SECTION_OF", "parse_ranks"]

@@ -7,7 +7,9 @@ A field's `effect` says what a different value changes: `results` (what the run 
 must keep it, `fl compare` shows it), `runtime` (where and how fast it computes: a resume may change
 it, `fl compare` shows it) or `output` (what it writes and who watches: a resume may change it,
 `fl compare` ignores it). `resumable=True` lets a results key change on resume (`rounds`: a resumed
-run may go on for more rounds). The checkpoint's and compare's key sets derive from this.
+run may go on for more rounds); `compared=False` keeps a runtime key out of `fl compare`'s labels
+(the thread count, a timeout, test-only faults: they tell runs apart by nothing worth a label).
+The checkpoint's and compare's key sets derive from these.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ def config_field(
     open_hi: bool = False,
     effect: str = "results",
     resumable: bool | None = None,
+    compared: bool | None = None,
 ) -> Any:
     """A dataclass field with its help text, its kind (choices, or a numeric range) and its effect
-    (see the module docstring); `resumable` defaults to `effect != "results"`."""
+    (see the module docstring); `resumable` defaults to `effect != "results"`, `compared` (whether
+    `fl compare` names the key when runs differ in it) to `effect != "output"`."""
     assert effect in EFFECTS, effect
     meta = {
         "help": help,
@@ -49,6 +53,7 @@ def config_field(
         "open_hi": open_hi,
         "effect": effect,
         "resumable": effect != "results" if resumable is None else resumable,
+        "compared": effect != "output" if compared is None else compared,
     }
     if isinstance(default, list):  # component lists (parts, callbacks): a fresh list per config
         return field(default_factory=list, metadata=meta)

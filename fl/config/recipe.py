@@ -154,9 +154,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(recipe: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Recipe YAML first, then `key=value` overrides on top."""
-    values = load_recipe(recipe) if recipe is not None else {}
-    values.update(parse_overrides(overrides))
+    """Recipe YAML first, then `key=value` overrides on top (each flattened first, so an override of
+    one key in a section leaves the recipe's other keys of that section alone)."""
+    values = flatten(load_recipe(recipe)) if recipe is not None else {}
+    values.update(flatten(parse_overrides(overrides)))
     return build_config(values)
 
 

@@ -35,7 +35,12 @@ class RuntimeSection:
         effect="runtime",
     )
     num_threads: int | None = _f(
-        None, "torch CPU threads per process; unset: cores / busy ranks", lo=1, hi=1024, effect="runtime"
+        None,
+        "torch CPU threads per process; unset: cores / busy ranks",
+        lo=1,
+        hi=1024,
+        effect="runtime",
+        compared=False,
     )
     eval_batch_size: int = _f(128, "evaluation batch size", lo=1, hi=1_000_000, effect="runtime")
     heap_trim_steps: int | None = _f(
@@ -54,13 +59,19 @@ class RuntimeSection:
         effect="runtime",
     )
     collective_timeout_s: float = _f(
-        1800.0, "seconds a collective may wait for a silent rank before failing", lo=1, hi=30 * 86400, effect="runtime"
+        1800.0,
+        "seconds a collective may wait for a silent rank before failing",
+        lo=1,
+        hi=30 * 86400,
+        effect="runtime",
+        compared=False,
     )
     fault_inject: str | None = _f(
         None,
         "TEST ONLY: 'nan:client=C:round=R' sends NaN from client C; 'exit:rank=K:round=R' kills rank K "
         "(R may be '*' for every round)",
         effect="runtime",
+        compared=False,
     )
 
     def check(self) -> None:

@@ -89,7 +89,7 @@ def key_tables(sections: tuple[type, ...]) -> tuple[dict[str, str], frozenset[st
             section_of[f.name] = s.SECTION
             if f.metadata["resumable"]:
                 resumable.add(f.name)
-            if f.metadata["effect"] == "output":
+            if not f.metadata["compared"]:
                 ignored.add(f.name)
     return section_of, frozenset(resumable), frozenset(ignored)
 

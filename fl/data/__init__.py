@@ -5,3 +5,13 @@ chat and packed-text rows); `partition` splits rows among clients (pure function
 clients' shards); `hub` answers in a moment whether the hub is reachable. May import `fl.errors`
 and `fl.config`; never models, ranks or collectives (a tokenizer that packs text is passed in).
 """
+
+
+def __getattr__(name: str) -> object:
+    """`from fl.data import TextDataset`, as before the rooms, without loading the labelled rows'
+    module for every `fl.data.*` import."""
+    if name in ("TextDataset", "load_labelled"):
+        from fl.data import labelled
+
+        return getattr(labelled, name)
+    raise AttributeError(f"module 'fl.data' has no attribute {name!r}")

@@ -140,3 +140,22 @@ def test_bucketed_collectives_are_bit_identical_to_whole_ones(tmp_path, relay):
     assert r["0"]["bytes"] == [(12 + 7 + 8 + 1) * 4 * 3, (12 + 7 + 8 + 1) * 4 * 3]
     assert r["bytes"]["payload"] == list(range(10)) and r["bytes"]["moved"] == 10 * 3
     assert r["bytes"]["got"] == {"1": [1] * 4, "2": [2] * 4, "3": [3] * 4} and r["bytes"]["gmoved"] == 12
+
+
+def _world_of_one(rank: int, out_dir: str) -> None:
+    """torchrun --nproc_per_node=1: a process group of one, rank 0 its own client."""
+    rt = comm.init("cpu", num_threads=1)
+    msg = Message({"p": {"x": torch.arange(3.0)}}, {"n": 2.0})
+    summed, up = comm.reduce_sum(rt, msg)
+    got, moved = comm.gather_messages(rt, {0: msg}, msg, {0: 0})
+    ok = rt.distributed and rt.federation == [0] and torch.equal(summed.parts["p"]["x"], torch.arange(3.0))
+    ok = ok and up == 0 and torch.equal(got[0].parts["p"]["x"], torch.arange(3.0)) and moved == 0
+    comm.shutdown()
+    with open(f"{out_dir}/one.json", "w") as fh:
+        json.dump({"ok": bool(ok)}, fh)
+
+
+@pytest.mark.slow
+def test_a_world_of_one_moves_nothing_and_keeps_its_message(tmp_path):
+    spawn(_world_of_one, 1, str(tmp_path))
+    assert json.loads((tmp_path / "one.json").read_text()) == {"ok": True}

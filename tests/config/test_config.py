@@ -101,8 +101,9 @@ def test_every_key_has_one_section_and_its_effect_decides_resume_and_compare():
     assert set(SECTION_OF) == set(fields) and sum(len(dataclasses.fields(s)) for s in SECTIONS) == len(fields)
     effects = {name: f.metadata["effect"] for name, f in fields.items()}
     assert RESUMABLE_KEYS == {k for k, e in effects.items() if e != "results"} | {"rounds"}
-    assert COMPARE_IGNORED == {k for k, e in effects.items() if e == "output"}
-    assert {"device", "num_threads", "bucket_mb"} <= RESUMABLE_KEYS - COMPARE_IGNORED  # runtime
+    quiet = {"num_threads", "collective_timeout_s", "fault_inject"}  # runtime keys fl compare leaves out
+    assert COMPARE_IGNORED == {k for k, e in effects.items() if e == "output"} | quiet
+    assert {"device", "server_device", "bucket_mb"} <= RESUMABLE_KEYS - COMPARE_IGNORED  # runtime
     assert {"output_dir", "callbacks", "resume"} <= COMPARE_IGNORED and "lr" not in RESUMABLE_KEYS
 
 
@@ -137,3 +138,14 @@ def test_help_groups_the_keys_by_section():
     heads = [line.split("]")[0][1:] for line in text.splitlines() if line.startswith("[")]
     assert heads == ["data", "model", "federation", "local", "dp", "kd", "runtime", "output"]
     assert text.index("[local]") < text.index("  lr=") < text.index("[dp]")
+
+
+def test_an_override_in_a_section_keeps_the_recipes_other_keys_of_it(tmp_path):
+    import fl
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  lora_r: 4\n  max_length: 32\nlocal: {lr: 0.01, batch_size: 8}\n")
+    cfg = load_config(recipe, ["model.lora_r=2", "batch_size=4"])
+    assert (cfg.lora_r, cfg.max_length, cfg.lr, cfg.batch_size) == (2, 32, 0.01, 4)
+    cfg = fl.load_config(recipe, local={"batch_size": 2}, model="smollm2", task_kind="causal_lm")
+    assert (cfg.lr, cfg.batch_size, cfg.lora_r, cfg.max_length, cfg.model) == (0.01, 2, 4, 32, "smollm2")
