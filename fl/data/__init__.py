@@ -2,7 +2,8 @@
 `embedded`, GLUE folders, the user's files, hub datasets through `datasets`) and checks files;
 `labelled` holds classification's labelled rows and `lm_rows` their causal-LM twin (instruction,
 chat and packed-text rows); `partition` splits rows among clients (pure functions, and the
-clients' shards); `hub` answers in a moment whether the hub is reachable. May import `fl.errors`
+clients' shards); `benchmarks` reads MMLU, ARC, HellaSwag, PIQA and OpenBookQA offline as
+multiple-choice items; `hub` answers in a moment whether the hub is reachable. May import `fl.errors`
 and `fl.config`; never models, ranks or collectives (a tokenizer that packs text is passed in).
 """
 

@@ -7,6 +7,9 @@ the strategy know none of it: they call the `Task` protocol.
   tuning and LM fine-tuning, perplexity and generated-answer accuracy, top-k KD on token logits.
 - `order` (the one seeded batch order), `metrics` (classification's), `kd_losses` (the KD losses a
   task computes).
+- `choices` (a multiple-choice item scored by log-likelihood, acc / acc_norm as
+  lm-evaluation-harness computes them) and `answers` (GSM8K's and FlowerTune's answer extraction):
+  the scoring rules of the benchmarks in `fl.data.benchmarks` (issue 35; not yet run each round).
 
 May import config, data, models and `fl.comm.message` (evaluation returns metric sums as a
 Message); never ranks, collectives, strategies or the client runners.

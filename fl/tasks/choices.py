@@ -1,0 +1,90 @@
+"""Scoring a multiple-choice item by log-likelihood, as lm-evaluation-harness scores its
+`multiple_choice` tasks (MMLU, ARC, HellaSwag, PIQA, OpenBookQA): the summed log-probability of
+each choice's tokens given the context; `acc` takes the argmax, `acc_norm` the argmax of the
+log-probability divided by the choice's length in characters.
+
+The split into tokens is the harness's (`LM._encode_pair`, lm_eval/api/model.py): whitespace at the
+end of the context moves to the start of the continuation, the whole string is encoded once (with
+the tokenizer's own special tokens, as `HFLM.tok_encode` does by default), and the continuation is
+the tokens past the context's own encoding. The context runs through the model once; each choice
+continues from its key/value cache (`DynamicCache.crop` back to the context after each choice), so
+an item costs one context pass plus one short pass per choice, and scores what a full pass over
+context + choice scores (tests/tasks/test_choices.py checks both against each other).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fl.data.benchmarks import Choice
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) as lm-evaluation-harness splits them."""
+    tail = len(context) - len(context.rstrip())
+    if tail:
+        context, continuation = context[:-tail], context[-tail:] + continuation
+    whole = tokenizer(context + continuation)["input_ids"]  # the tokenizer's own special tokens (a BOS), as the harness
+    ctx = tokenizer(context)["input_ids"]
+    return whole[: len(ctx)], whole[len(ctx) :]
+
+
+@torch.inference_mode()
+def choice_logprobs(model: nn.Module, tokenizer, item: Choice, device: torch.device) -> list[float]:
+    """Each choice's summed token log-probability given the context; the context runs once and
+    every choice continues from its cache."""
+    pairs = [encode_pair(tokenizer, item.context, item.delimiter + c) for c in item.choices]
+    ctx = pairs[0][0]
+    if any(p[0] != ctx for p in pairs):  # a choice that merges with the context's last token
+        return [direct_logprob(model, c, k, device) for c, k in pairs]
+    out = model(torch.tensor([ctx], device=device), use_cache=True)
+    cache, first = _cache_of(out), F.log_softmax(out.logits[0, -1].float(), -1)
+    scores = []
+    for _, cont in pairs:
+        lp = float(first[cont[0]])
+        if len(cont) > 1:
+            logits = model(
+                torch.tensor([cont[:-1]], device=device), use_cache=True, **{_cache_arg(model): cache}
+            ).logits
+            logp = F.log_softmax(logits[0].float(), -1)
+            lp += float(logp.gather(1, torch.tensor(cont[1:], device=device)[:, None]).sum())
+            cache.crop(-(len(cont) - 1))  # back to the context alone (negative: tokens to drop, any version)
+        scores.append(lp)
+    return scores
+
+
+def _cache_of(out) -> object:
+    """The key/value cache a forward returned (`cache` since transformers 5.x, `past_key_values` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _cache_arg(model: nn.Module) -> str:
+    """The forward's name for the cache it continues from."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.inference_mode()
+def direct_logprob(
+    model: nn.Module, context: Sequence[int], continuation: Sequence[int], device: torch.device
+) -> float:
+    """The continuation's summed token log-probability from one full pass over context + continuation."""
+    ids = torch.tensor([[*context, *continuation]], device=device)
+    logp = F.log_softmax(model(ids).logits[0].float(), -1)
+    start = len(context)
+    targets = ids[0, start:]
+    return float(logp[start - 1 : start - 1 + len(continuation)].gather(1, targets[:, None]).sum())
+
+
+def pick(logprobs: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
+    """(acc's choice, acc_norm's choice): the argmax of the log-probabilities, and of the
+    log-probabilities per character of each choice, the delimiter left out (the harness's
+    `acc_norm`); ties go to the first."""
+    norm = [lp / max(len(c), 1) for lp, c in zip(logprobs, choices, strict=True)]
+    return max(range(len(logprobs)), key=logprobs.__getitem__), max(range(len(norm)), key=norm.__getitem__)

@@ -1,0 +1,48 @@
+"""Log-likelihood multiple choice (fl.tasks.choices) on a tiny random Llama: the context-reuse
+score equals a full pass over context + choice, and acc / acc_norm pick as the harness defines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fl.data.benchmarks import Choice
+from fl.tasks.choices import choice_logprobs, direct_logprob, encode_pair, pick
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+def test_reusing_the_context_scores_what_a_full_pass_scores(llama):
+    model, tok = llama
+    cpu = torch.device("cpu")
+    item = Choice("review : the movie was", ("good", "really very bad", "fun . it is this"), gold=0)
+    got = choice_logprobs(model, tok, item, cpu)
+    for lp, choice in zip(got, item.choices, strict=True):
+        ctx, cont = encode_pair(tok, item.context, item.delimiter + choice)
+        assert len(cont) == len(choice.split())  # one word, one token: the split is the continuation's words
+        assert lp == pytest.approx(direct_logprob(model, ctx, cont, cpu), abs=1e-5)
+        by_hand = 0.0  # token by token, each from its own prefix
+        for i, t in enumerate(cont):
+            logits = model(torch.tensor([[*ctx, *cont[:i]]])).logits[0, -1]
+            by_hand += float(torch.log_softmax(logits.float(), -1)[t])
+        assert lp == pytest.approx(by_hand, abs=1e-4)
+
+
+def test_trailing_context_whitespace_moves_to_the_continuation():
+    class Chars:  # a character tokenizer: the split is visible
+        def __call__(self, text):
+            return {"input_ids": [ord(c) for c in text]}
+
+    ctx, cont = encode_pair(Chars(), "Answer: ", "Paris")
+    assert "".join(map(chr, ctx)) == "Answer:" and "".join(map(chr, cont)) == " Paris"
+
+
+def test_acc_takes_the_argmax_and_acc_norm_divides_by_the_choices_characters():
+    assert pick([-4.0, -6.0], ["ab", "abcdef"]) == (0, 1)  # -2 per character against -1
+    assert pick([-3.0, -3.0], ["x", "y"]) == (0, 0)  # ties go to the first, as numpy's argmax
