@@ -16,7 +16,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
+from bench.common import (
+    GLUE,
+    RUNS,
+    add_common_args,
+    md_table,
+    run_inprocess,
+    run_torchrun,
+    sampled_sst2,
+    write_report,
+)
 from fl.output.plots import plot_rounds
 
 # (label, overrides): the settings were not tuned on this workload; FedAdam and FedProx run at two
@@ -48,26 +57,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.quick:
         args.rounds, args.max_train_samples, args.max_eval_samples = 2, 160, 40
     runs = RUNS / f"algorithms{'-quick' if args.quick else ''}"
-    common = [
-        "task=sst2",
-        f"data_dir={args.data_dir}",
-        f"num_clients={args.clients}",
-        f"clients_per_round={args.per_round}",
-        "partition=dirichlet",
-        f"dirichlet_alpha={args.alpha}",
-        f"rounds={args.rounds}",
-        "teacher_data_pct=0",
-        f"max_train_samples={args.max_train_samples}",
-        f"model={args.model}",
-        "seed=42",
-        "lr=2e-3",
-        f"output_dir={runs}",
-        "save_model=false",
-        "checkpoint_every=0",
-        "overwrite=true",
-    ]
-    if args.max_eval_samples:
-        common.append(f"max_eval_samples={args.max_eval_samples}")
+    common = [*sampled_sst2(args, runs), "partition=dirichlet", f"dirichlet_alpha={args.alpha}"]
     if args.quick:
         common += ["max_length=32"]
     results: dict[str, dict[str, Any]] = {}

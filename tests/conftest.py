@@ -199,34 +199,13 @@ def tiny_lm(out: Path, arch: str, chat_template: bool) -> Path:
     tok = lm_tokenizer(chat_template)
     n = len(tok)
     torch.manual_seed(0)
+    ids = {"vocab_size": n, "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
     if arch == "gpt2":
-        model = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=n,
-                n_positions=64,
-                n_embd=32,
-                n_layer=2,
-                n_head=2,
-                bos_token_id=2,
-                eos_token_id=3,
-                pad_token_id=0,
-            )
-        )
+        config = GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=2, **ids)
+        model = GPT2LMHeadModel(config)
     else:
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=n,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-                max_position_embeddings=64,
-                bos_token_id=2,
-                eos_token_id=3,
-                pad_token_id=0,
-            )
-        )
+        sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+        model = LlamaForCausalLM(LlamaConfig(num_key_value_heads=1, max_position_embeddings=64, **sizes, **ids))
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
