@@ -218,6 +218,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise ConfigError(f"--limit {args.limit} is negative; give a row count, or 0 for every row")
+    if not 0 <= args.shots <= 5:
+        raise ConfigError(f"--shots {args.shots}: mmlu takes 0 to 5 dev rows before each question")
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     doc = evaluate(args.target, names, args.limit or None, args.seed, args.shots)
     atomic_write_json(Path(args.out), doc)

@@ -57,16 +57,29 @@ def load_causal_lm(target: str, device: torch.device) -> tuple[Any, Any, str]:
 
     quiet_transformers()
     base, adapter = resolve_target(target)
-    arch = (AutoConfig.from_pretrained(base).architectures or ["?"])[0]
+    try:
+        arch = (AutoConfig.from_pretrained(base).architectures or ["?"])[0]
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{target!r} cannot be loaded ({first_line(err)}); give a model folder, smollm2 or a run"
+        ) from None
     if not arch.endswith("ForCausalLM"):
         raise ConfigError(f"{target!r} is a {arch}, not a causal language model; give a causal LM (e.g. smollm2)")
-    model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
-    if adapter is not None:
-        from peft import PeftModel
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base).float()  # fp32, whatever the checkpoint's dtype
+        if adapter is not None:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(adapter or base)
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        has_tokenizer = adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{target!r} cannot be loaded ({first_line(err)}); check the folder") from None
     return model.to(device).eval(), tokenizer, base + (f" + adapter {adapter}" if adapter else "")
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def score(model: Any, tokenizer: Any, items: Sequence[Any], device: torch.device) -> dict[str, Any]:
@@ -99,6 +112,10 @@ def evaluate(
     unknown = [b for b in benchmarks if b not in SOURCES]
     if unknown or not benchmarks:
         raise ConfigError(f"unknown benchmark {unknown[0] if unknown else ''!r}; choose from {', '.join(SOURCES)}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit={limit}: give a row count of at least 1, or None for every row")
+    if not 0 <= shots <= 5:
+        raise ConfigError(f"shots={shots}: mmlu takes 0 to 5 dev rows before each question")
     rows = {b: load_benchmark(b, limit, seed, shots if b == "mmlu" else 0) for b in benchmarks}  # bad input first
     dev = torch.device(device)
     model, tokenizer, loaded = load_causal_lm(target, dev)

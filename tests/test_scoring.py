@@ -45,8 +45,9 @@ def test_fl_eval_scores_the_rows_as_the_rule_does(tmp_path, tiny_llama_dir, caps
     "args, message",
     [
         (["--benchmarks", "mmlu_pro"], "unknown benchmark 'mmlu_pro'; choose from"),
-        (["--benchmarks", "mmlu", "--shots", "6"], "ask for at most 5"),
+        (["--benchmarks", "mmlu", "--shots", "6"], "--shots 6: mmlu takes 0 to 5"),
         (["--benchmarks", "piqa", "--limit", "-1"], "--limit -1 is negative"),
+        (["--benchmarks", "mmlu", "--shots", "-1"], "--shots -1: mmlu takes 0 to 5"),
     ],
 )
 def test_bad_requests_are_one_line_and_write_nothing(tmp_path, tiny_llama_dir, capsys, args, message):
@@ -57,9 +58,30 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, tiny_llama_dir, c
 
 
 @installed
-def test_a_classifier_is_refused(tmp_path, tiny_model_dir, capsys):
+def test_a_classifier_or_a_missing_folder_is_refused(tmp_path, tiny_model_dir, capsys):
     assert main(["eval", str(tiny_model_dir), "--benchmarks", "piqa", "--out", str(tmp_path / "e.json")]) == 2
     assert "not a causal language model" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nope"), "--benchmarks", "piqa", "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not found" in err and len(err.splitlines()) == 1 and not (tmp_path / "e.json").exists()
+
+
+@installed
+def test_an_adapter_trained_elsewhere_loads_on_its_base(tmp_path, tiny_llama_dir):
+    """A peft adapter folder without tokenizer files: the base model's tokenizer serves."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(r=2, init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert not (tmp_path / "adapter" / "tokenizer_config.json").exists()
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(tmp_path / "adapter"), "--benchmarks", "piqa", "--limit", "4", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["loaded"].endswith(f"+ adapter {tmp_path / 'adapter'}") and doc["results"]["piqa"]["n"] == 4
 
 
 def test_targets_resolve_to_a_base_and_an_adapter(tmp_path, tiny_llama_dir):

@@ -71,8 +71,11 @@ def read_rows(folder: Path) -> list[dict[str, Any]]:
     """A `save_to_disk` split's rows (its Arrow stream files, in order)."""
     import pyarrow as pa
 
+    files = sorted(folder.glob("data-*.arrow"))
+    if not files:
+        raise ConfigError(f"no benchmark rows in {folder}; reinstall them with `{INSTALL}`")
     rows: list[dict[str, Any]] = []
-    for path in sorted(folder.glob("data-*.arrow")):
+    for path in files:
         with pa.memory_map(str(path)) as source:
             rows += pa.ipc.open_stream(source).read_all().to_pylist()
     return rows
@@ -108,7 +111,10 @@ def mmlu_question(row: dict[str, Any]) -> str:
 def mmlu_items(root: Path, shots: int) -> list[tuple[str, Choice]]:
     """Every MMLU test row of every subject as (subject, item), with `shots` dev rows before it."""
     out = []
-    for subject_dir in sorted((root / SOURCES["mmlu"][0]).iterdir()):
+    subjects = root / SOURCES["mmlu"][0]
+    if not subjects.is_dir():
+        raise ConfigError(f"no MMLU rows in {subjects}; reinstall them with `{INSTALL}`")
+    for subject_dir in sorted(subjects.iterdir()):
         dev = read_rows(subject_dir / "dev")
         if shots > len(dev):
             raise ConfigError(f"mmlu has {len(dev)} dev rows per subject for shots; ask for at most {len(dev)}")
@@ -125,6 +131,8 @@ def load_benchmark(benchmark: str, n: int | None = None, seed: int = 0, shots: i
     seed, in the file's order). `shots` (MMLU only here): dev rows before each question."""
     if benchmark not in SOURCES:
         raise ConfigError(f"unknown benchmark {benchmark!r}; choose from {', '.join(SOURCES)}")
+    if shots < 0:
+        raise ConfigError(f"shots={shots} is negative; give 0 to 5")
     if shots and benchmark != "mmlu":
         raise ConfigError(f"{benchmark} is scored zero-shot here; set shots=0 (mmlu takes up to 5)")
     root = data_root()

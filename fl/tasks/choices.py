@@ -3,14 +3,17 @@
 each choice's tokens given the context; `acc` takes the argmax, `acc_norm` the argmax of the
 log-probability divided by the choice's length in characters.
 
-The split into tokens is the harness's (`LM._encode_pair`, lm_eval/api/model.py): whitespace at the
-end of the context moves to the start of the continuation, the whole string is encoded once (with
-the tokenizer's own special tokens, as `HFLM.tok_encode` does by default), and the continuation is
-the tokens past the context's own encoding. The context runs through the model once; each choice
-continues from its key/value cache (repeated for the choices, which run as one batch), so
-an item costs one context pass plus one batched pass over its choices (none when every choice is
-one token, as MMLU's letters), and scores what a full pass over context + choice scores
-(tests/tasks/test_choices.py checks both against each other).
+The split into tokens is the harness's (`LM._encode_pair`, lm_eval/api/model.py, read at commit
+4e7e0d47): whitespace at the end of the context moves to the start of the continuation; the context
+is its own encoding and the continuation the tokens of the whole string's encoding past that many
+(so a token that merges across the boundary counts as the continuation's); encodings keep the
+tokenizer's own special tokens, as `HFLM.tok_encode` does when `add_bos_token` is unset (older
+harness versions encode without them; SmolLM2's tokenizer adds none either way).
+
+The context runs through the model once; each choice continues from its key/value cache (repeated
+for the choices, which run as one batch), so an item costs one context pass plus one batched pass
+over its choices (none when every choice is one token, as MMLU's letters), and scores what a full
+pass over context + choice scores (tests/tasks/test_choices.py checks both against each other).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     tail = len(context) - len(context.rstrip())
     if tail:
         context, continuation = context[:-tail], context[-tail:] + continuation
-    whole = tokenizer(context + continuation)["input_ids"]  # the tokenizer's own special tokens (a BOS), as the harness
+    whole = tokenizer(context + continuation)["input_ids"]  # the tokenizer's own special tokens, as the harness
     ctx = tokenizer(context)["input_ids"]
-    return whole[: len(ctx)], whole[len(ctx) :]
+    return ctx, whole[len(ctx) :]  # the harness's split by count: a merged token stays the continuation's
 
 
 @torch.inference_mode()
@@ -39,12 +42,10 @@ def choice_logprobs(model: nn.Module, tokenizer, item: Choice, device: torch.dev
     """Each choice's summed token log-probability given the context: the context runs once, and the
     choices of more than one token continue together from its cache (one batch, right-padded)."""
     pairs = [encode_pair(tokenizer, item.context, item.delimiter + c) for c in item.choices]
-    ctx = pairs[0][0]
-    if any(p[0] != ctx for p in pairs):  # a choice that merges with the context's last token
-        return [direct_logprob(model, c, k, device) for c, k in pairs]
-    out = model(torch.tensor([ctx], device=device), use_cache=True)
+    ctx = pairs[0][0]  # the context's own encoding, the same for every choice
+    out = model(torch.tensor([ctx], device=device), use_cache=True, **_last_logits_only(model))
     first = F.log_softmax(out.logits[0, -1].float(), -1)  # predicts each choice's first token
-    scores = [float(first[cont[0]]) for _, cont in pairs]
+    scores = [float(first[cont[0]]) if cont else 0.0 for _, cont in pairs]
     longer = [k for k, (_, cont) in enumerate(pairs) if len(cont) > 1]
     if not longer:  # single-token choices (MMLU's letters): the context pass is all
         return scores
@@ -65,6 +66,15 @@ def choice_logprobs(model: nn.Module, tokenizer, item: Choice, device: torch.dev
         targets = torch.tensor(cont[1:], device=device)
         scores[k] += float(logp[i, : len(cont) - 1].gather(1, targets[:, None]).sum())
     return scores
+
+
+def _last_logits_only(model: nn.Module) -> dict[str, int]:
+    """The forward's option to compute logits for the last position only (a 5-shot MMLU context's
+    full logits are ~140 MB in fp32), where the model has one."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
 def _cache_of(out) -> object:

@@ -43,6 +43,28 @@ def test_trailing_context_whitespace_moves_to_the_continuation():
     assert "".join(map(chr, ctx)) == "Answer:" and "".join(map(chr, cont)) == " Paris"
 
 
+def test_a_token_that_merges_across_the_boundary_is_the_continuations():
+    class Pairs:  # merges "ab" into one token: a context ending in "a" meets a choice starting with "b"
+        def __call__(self, text):
+            ids, i = [], 0
+            while i < len(text):
+                ids.append(1000 if text[i : i + 2] == "ab" else ord(text[i]))
+                i += 2 if text[i : i + 2] == "ab" else 1
+            return {"input_ids": ids}
+
+    ctx, cont = encode_pair(Pairs(), "xa", "bc")  # whole: x, ab, c; the context's own: x, a
+    assert ctx == [ord("x"), ord("a")] and cont == [ord("c")]  # the harness's split by count
+
+
+def test_single_token_choices_need_only_the_context_pass(llama):
+    model, tok = llama
+    cpu = torch.device("cpu")
+    item = Choice("review : the movie was", ("good", "bad", "fun"), gold=0)
+    got = choice_logprobs(model, tok, item, cpu)
+    for lp, choice in zip(got, item.choices, strict=True):
+        assert lp == pytest.approx(direct_logprob(model, *encode_pair(tok, item.context, " " + choice), cpu), abs=1e-5)
+
+
 def test_acc_takes_the_argmax_and_acc_norm_divides_by_the_choices_characters():
     assert pick([-4.0, -6.0], ["ab", "abcdef"]) == (0, 1)  # -2 per character against -1
     assert pick([-3.0, -3.0], ["x", "y"]) == (0, 0)  # ties go to the first, as numpy's argmax
