@@ -58,11 +58,9 @@ def test_a_token_that_merges_across_the_boundary_is_the_continuations():
 
 def test_single_token_choices_need_only_the_context_pass(llama):
     model, tok = llama
-    cpu = torch.device("cpu")
     item = Choice("review : the movie was", ("good", "bad", "fun"), gold=0)
-    got = choice_logprobs(model, tok, item, cpu)
-    for lp, choice in zip(got, item.choices, strict=True):
-        assert lp == pytest.approx(direct_logprob(model, *encode_pair(tok, item.context, " " + choice), cpu), abs=1e-5)
+    full = [direct_logprob(model, *encode_pair(tok, item.context, " " + c), torch.device("cpu")) for c in item.choices]
+    assert choice_logprobs(model, tok, item, torch.device("cpu")) == pytest.approx(full, abs=1e-5)
 
 
 def test_acc_takes_the_argmax_and_acc_norm_divides_by_the_choices_characters():
