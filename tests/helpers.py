@@ -104,3 +104,15 @@ def run_inprocess(overrides: list[str], recipe: Path = RECIPE) -> dict:
     from fl.job import run_document
 
     return run_document(load_config(recipe, overrides))
+
+
+def whole_and_resumed(overrides: list[str], out_dir: Path, recipe: Path = RECIPE) -> tuple[dict, dict]:
+    """In this process: 3 rounds in `whole`; 2 rounds in `cut`, then `cut` resumed to 3 from its
+    checkpoint. Returns the two results documents (the resumed one went on from round 2's checkpoint)."""
+    over = [o for o in overrides if not o.startswith(("rounds=", "run_name=", "output_dir="))]
+    over.append(f"output_dir={out_dir}")
+    whole = run_inprocess([*over, "rounds=3", "run_name=whole"], recipe)
+    run_inprocess([*over, "rounds=2", "run_name=cut"], recipe)
+    resumed = run_inprocess([*over, "rounds=3", "run_name=cut", "resume=true"], recipe)
+    assert resumed["resumed_from"].endswith("round-0002")  # it went on from the checkpoint, not from scratch
+    return whole, resumed

@@ -3,6 +3,8 @@ rate, and the same steps for the same seed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -47,18 +49,14 @@ def rows(n=8):
     return [(x[i], x[i].sum()) for i in range(n)]
 
 
+def train_line(model: nn.Module, schedule: LocalSchedule, seed: int, terms: list) -> Any:
+    """`train_local` on the line task's 8 rows, on the CPU."""
+    return train_local(model, LineTask(), rows(), schedule, seed=seed, device=torch.device("cpu"), terms=terms)
+
+
 def test_terms_run_in_order_at_their_place_in_each_step():
     log: list[str] = []
-    model = nn.Linear(3, 1)
-    res = train_local(
-        model,
-        LineTask(),
-        rows(),
-        LocalSchedule(0.1, 1, 4),
-        seed=1,
-        device=torch.device("cpu"),
-        terms=[Recorder(log, "a"), Recorder(log, "b")],
-    )
+    res = train_line(nn.Linear(3, 1), LocalSchedule(0.1, 1, 4), 1, [Recorder(log, "a"), Recorder(log, "b")])
     assert res.steps == 2 and res.examples_seen == 8 and res.num_examples == 8
     step = ["a.loss", "b.loss", "a.backward", "b.backward", "a.step", "b.step"]
     assert log == step * 2
@@ -69,15 +67,7 @@ def test_same_seed_same_training_and_a_term_changes_the_loss():
     def fit(scale: float) -> tuple[float, torch.Tensor]:
         torch.manual_seed(5)
         model = nn.Linear(3, 1)
-        res = train_local(
-            model,
-            LineTask(),
-            rows(),
-            LocalSchedule(0.05, 2, 2),
-            seed=3,
-            device=torch.device("cpu"),
-            terms=[Recorder([], "x", scale)],
-        )
+        res = train_line(model, LocalSchedule(0.05, 2, 2), 3, [Recorder([], "x", scale)])
         return res.loss_sum, model.weight.detach().clone()
 
     a, b, c = fit(1.0), fit(1.0), fit(2.0)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from fl.config.recipe import load_config
 from fl.job import run_document as run
-from tests.helpers import RECIPE, run_inprocess, run_torchrun
+from tests.helpers import RECIPE, run_torchrun, whole_and_resumed
 
 pytestmark = pytest.mark.slow
 
@@ -67,9 +67,7 @@ def test_resumed_topk_run_is_bit_identical(tmp_path, tiny_overrides):
     tests/test_reliability.py's)."""
     over = base(tiny_overrides, tmp_path, "update_compression=topk", "topk_ratio=0.1", "rounds=3")
     over = [o for o in over if o != "rounds=2"]
-    run_inprocess([*over, "run_name=whole"])
-    run_inprocess([*over, "run_name=cut", "rounds=2"])
-    run_inprocess([*over, "run_name=cut", "resume=true"])
+    whole_and_resumed(over, tmp_path)
     a, b = saved(tmp_path / "whole"), saved(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert losses(tmp_path / "whole") == losses(tmp_path / "cut")

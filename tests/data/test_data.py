@@ -34,17 +34,18 @@ def test_rotten_tomatoes_split_is_fixed_and_stratified():
     assert 0.3 < sum(train.labels[:32]) / 32 < 0.7
 
 
+def csv_task(tmp_path, train: tuple[str, str], test: tuple[str, str], **columns) -> tuple:
+    """(the labelled task, its config) of a train and a test file written as (name, text)."""
+    for name, text in (train, test):
+        (tmp_path / name).write_text(text)
+    cfg = Config(task="csv", train_file=str(tmp_path / train[0]), test_file=str(tmp_path / test[0]), **columns)
+    return load_labelled(cfg), cfg
+
+
 def test_csv_task_with_string_labels(tmp_path):
-    (tmp_path / "tr.tsv").write_text("sentence\tkind\nnice one\tpos\nawful\tneg\nok\tpos\n")
-    (tmp_path / "te.jsonl").write_text('{"sentence": "fine", "kind": "pos"}\n{"sentence": "bad", "kind": "neg"}\n')
-    cfg = Config(
-        task="csv",
-        train_file=str(tmp_path / "tr.tsv"),
-        test_file=str(tmp_path / "te.jsonl"),
-        text_column="sentence",
-        label_column="kind",
-    )
-    task = load_labelled(cfg)
+    train = ("tr.tsv", "sentence\tkind\nnice one\tpos\nawful\tneg\nok\tpos\n")
+    test = ("te.jsonl", '{"sentence": "fine", "kind": "pos"}\n{"sentence": "bad", "kind": "neg"}\n')
+    task, _ = csv_task(tmp_path, train, test, text_column="sentence", label_column="kind")
     assert task.train.labels == [1, 0, 1] and task.test.labels == [1, 0]  # sorted names: neg=0, pos=1
     assert task.num_labels == 2 and task.metric == "accuracy"
 
@@ -152,16 +153,10 @@ def test_parquet_and_jsonl_load_through_datasets(tmp_path):
 def test_sentence_pairs_are_tokenized_together(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    (tmp_path / "tr.csv").write_text("a,b,label\ngood movie,fun film,1\nbad plot,dull story,0\n")
-    (tmp_path / "te.csv").write_text("a,b,label\nnice,great,1\n")
-    cfg = Config(
-        task="csv",
-        train_file=str(tmp_path / "tr.csv"),
-        test_file=str(tmp_path / "te.csv"),
-        text_column="a",
-        text_pair_column="b",
+    train = ("tr.csv", "a,b,label\ngood movie,fun film,1\nbad plot,dull story,0\n")
+    task, cfg = csv_task(
+        tmp_path, train, ("te.csv", "a,b,label\nnice,great,1\n"), text_column="a", text_pair_column="b"
     )
-    task = load_labelled(cfg)
     assert task.train.pairs == ["fun film", "dull story"]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     enc = encode(tok, task.train, max_length=32)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from fl.config.recipe import load_config
 from fl.job import run_document as run
 from fl.strategies.strategy import sample_clients
-from tests.helpers import RECIPE, run_torchrun
+from tests.helpers import RECIPE, run_torchrun, whole_and_resumed
 
 pytestmark = pytest.mark.slow
 
@@ -98,9 +98,7 @@ def test_resume_with_server_optimizer_and_scaffold_is_bit_identical(tmp_path, ti
         "scaffold=true",
         "clients_per_round=3",
     ]
-    run(load_config(RECIPE, [*base, "run_name=whole"]))
-    run(load_config(RECIPE, [*base, "run_name=cut", "rounds=2"]))
-    run(load_config(RECIPE, [*base, "run_name=cut", "resume=true"]))
+    whole_and_resumed(base, tmp_path)
     a = json.loads((tmp_path / "whole" / "results.json").read_text())
     b = json.loads((tmp_path / "cut" / "results.json").read_text())
     assert b["resumed_from"].endswith("round-0002")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from fl.config.recipe import load_config
 from fl.job import run_document as run
 from tests.conftest import score
-from tests.helpers import RECIPE, run_torchrun
+from tests.helpers import RECIPE, run_torchrun, whole_and_resumed
 
 pytestmark = pytest.mark.slow
 
@@ -95,10 +95,7 @@ def test_fedex_resume_is_bit_identical(tmp_path, tiny_overrides):
     equal 3 uninterrupted rounds (in one process; the kill itself is tests/test_reliability.py's)."""
     over = [o for o in base_overrides(tiny_overrides, tmp_path) if not o.startswith("rounds=")]
     over += ["lora_aggregation=fedex"]
-    run(load_config(RECIPE, [*over, "rounds=3", "run_name=whole"]))
-    run(load_config(RECIPE, [*over, "rounds=2", "run_name=cut"]))
-    resumed = run(load_config(RECIPE, [*over, "rounds=3", "run_name=cut", "resume=true"]))
-    assert resumed["resumed_from"].endswith("round-0002")  # it went on from the checkpoint, not from scratch
+    whole_and_resumed(over, tmp_path)
     a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "model" / "model.safetensors")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # base weights with the residuals folded in

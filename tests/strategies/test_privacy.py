@@ -72,23 +72,20 @@ def test_epsilon_is_the_accountants_answer():
     assert privacy.default_delta(200) == pytest.approx(200**-1.1)
 
 
+def dp_overrides(tiny_overrides: list[str], tmp_path, *extra: str) -> list[str]:
+    """The tiny overrides under DP: 8 clients, 4 a round, updates clipped to 0.5, writing under tmp_path."""
+    keys = {e.split("=")[0] for e in extra} | {"output_dir", "num_clients"}
+    keep = [o for o in tiny_overrides if o.split("=")[0] not in keys]
+    return [*keep, f"output_dir={tmp_path}", "num_clients=8", "clients_per_round=4", "dp_clip=0.5", *extra]
+
+
 @pytest.mark.slow
 def test_dp_run_records_epsilon_and_matches_torchrun(tmp_path, tiny_overrides):
     from fl.config.recipe import load_config
     from fl.job import run_document as run
     from tests.helpers import RECIPE, run_torchrun
 
-    base = [o for o in tiny_overrides if not o.startswith(("output_dir", "run_name", "num_clients"))]
-    base += [
-        f"output_dir={tmp_path}",
-        "num_clients=8",
-        "clients_per_round=4",
-        "dp_clip=0.5",
-        "dp_noise_multiplier=0.8",
-        "dp_noise_placement=clients",
-        "rounds=3",
-    ]
-    base = [o for o in base if o != "rounds=2"]
+    base = dp_overrides(tiny_overrides, tmp_path, "dp_noise_multiplier=0.8", "dp_noise_placement=clients", "rounds=3")
     proc = run_torchrun(3, [*base, "run_name=dist"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     sim = run(load_config(RECIPE, [*base, "run_name=sim"]))
@@ -115,16 +112,7 @@ def test_target_epsilon_stops_cleanly_with_a_checkpoint(tmp_path, tiny_overrides
     from fl.job import run_document as run
     from tests.helpers import RECIPE
 
-    over = [o for o in tiny_overrides if not o.startswith(("output_dir", "rounds", "num_clients"))]
-    over += [
-        f"output_dir={tmp_path}",
-        "num_clients=8",
-        "clients_per_round=4",
-        "rounds=20",
-        "dp_clip=0.5",
-        "dp_noise_multiplier=1.0",
-        "checkpoint_every=5",
-    ]
+    over = dp_overrides(tiny_overrides, tmp_path, "rounds=20", "dp_noise_multiplier=1.0", "checkpoint_every=5")
     target = privacy.Accountant(1.0, 0.5).epsilon(8**-1.1, 3) + 1e-3  # 3 rounds fit, the 4th does not
     doc = run(load_config(RECIPE, [*over, f"dp_target_epsilon={target}"]))
     assert [r["round"] for r in doc["rounds"]] == [0, 1, 2, 3] and doc["status"] == "completed"

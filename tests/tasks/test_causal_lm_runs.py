@@ -15,7 +15,7 @@ from fl.cli import main
 from fl.config.recipe import load_config
 from fl.job import run_document as run
 from tests.conftest import lm_overrides
-from tests.helpers import RECIPE, run_torchrun
+from tests.helpers import RECIPE, run_torchrun, whole_and_resumed
 
 pytestmark = pytest.mark.slow
 KD_RECIPE = RECIPE.parent / "fedkdlora.yaml"
@@ -53,10 +53,7 @@ def test_resume_is_bit_identical(tmp_path, tiny_llama_dir, tiny_sft):
     tests/test_reliability.py's, under torchrun)."""
     over = lm_overrides(tiny_llama_dir, *tiny_sft, tmp_path, "x") + ["max_new_tokens=0"]
     over = [o for o in over if not o.startswith(("rounds=", "run_name"))]
-    run(load_config(RECIPE, [*over, "rounds=3", "run_name=whole"]))
-    run(load_config(RECIPE, [*over, "rounds=2", "run_name=cut"]))
-    resumed = run(load_config(RECIPE, [*over, "rounds=3", "run_name=cut", "resume=true"]))
-    assert resumed["resumed_from"].endswith("round-0002")  # it went on from the checkpoint, not from scratch
+    whole_and_resumed(over, tmp_path)
     a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "cut" / "adapter" / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
