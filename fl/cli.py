@@ -91,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each holds results.json)")
-    cmp.add_argument("--metric", default="test_accuracy", help="a record key: test_accuracy, test_mcc, test_loss, ...")
+    cmp.add_argument(
+        "--metric",
+        default="test_accuracy",
+        help="a record key: test_accuracy, test_mcc, test_loss, ...; with eval_benchmarks also test_<benchmark>_acc "
+        "and _acc_norm (e.g. test_mmlu_acc)",
+    )
     cmp.add_argument("--out", default="compare.png", help="the figure (PNG); the table goes beside it as .md")
     exp = sub.add_parser(
         "export",

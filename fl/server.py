@@ -171,6 +171,7 @@ class Federation:
             sums = self.task.eval_sums(s.model, s.test, self.cfg.eval_batch_size, self.rt.device)
         else:
             sums = self.task.eval_template(self.rt.device)
+        sums = s.benchmarks.add_sums(sums, s.model, s.tokenizer, self.rt.device)  # eval_benchmarks: counts join
         trim_heap()
         score_s = time.perf_counter() - t_eval
         extra = self.strategy.evaluate()  # e.g. the KD teacher's metrics, on rank 0
@@ -182,7 +183,8 @@ class Federation:
         got, moved = comm.reduce_sum(self.rt, Message(sums.parts, {**sums.scalars, **timings}), everyone=True)
         if not self.rt.is_main:
             return
-        record.update({f"test_{k}": v for k, v in self.task.metrics(got).items()}, **extra)
+        metrics = {**self.task.metrics(got), **s.benchmarks.metrics(got.scalars)}
+        record.update({f"test_{k}": v for k, v in metrics.items()}, **extra)
         ranks = range(1, self.rt.world_size) if self.rt.distributed else range(1)
         record.update(rank_timings(got.scalars, ranks, t0 is not None, wait_s), bytes_eval=moved)
         record.update(

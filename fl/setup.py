@@ -20,7 +20,7 @@ from fl.comm.placement import Placement
 from fl.data.partition import split_clients
 from fl.errors import ConfigError
 from fl.strategies import Part, SetupContext, Strategy, build_strategy, model_spec
-from fl.tasks import Task, build_task
+from fl.tasks import BenchmarkRounds, Task, build_task
 
 if TYPE_CHECKING:  # annotations only
     from fl.comm import Runtime
@@ -45,6 +45,7 @@ class Setup:
     spec: models.ModelSpec | None = None  # how the model was built (a model-free rank 0 builds it to export)
     resumed_from: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # set-up phases, seconds
+    benchmarks: BenchmarkRounds = field(default_factory=BenchmarkRounds)  # eval_benchmarks: this rank's items
 
     @property
     def faults(self) -> Any:
@@ -77,6 +78,7 @@ def prepare(cfg: Config, rt: Runtime, parts: Sequence[Part] = (), task: Task | N
     spec = model_spec(cfg)
     free = rt.is_main and model_free_server(rt, spec, strategy)  # task, shards, model: from rank 1
     task = None if free else build_task(cfg, task)
+    benchmarks = BenchmarkRounds.from_config(cfg, lambda n: placement.eval_rows(rt.rank, n))
     public_size, shards = split_clients(cfg, task) if task is not None else (0, [])
     clock.lap("data_s")
     model, tokenizer, path = build_model(cfg, rt, task, spec, free)
@@ -108,6 +110,7 @@ def prepare(cfg: Config, rt: Runtime, parts: Sequence[Part] = (), task: Task | N
         test,
         spec=spec,
         timings=clock.laps,
+        benchmarks=benchmarks,
     )
 
 

