@@ -26,6 +26,7 @@ from fl.models.precision import autocast
 from fl.tasks.metrics import interval
 
 ROWS_SEED = 0  # the same rows for every run (see the module docstring)
+BATCH = 8  # items a pass; more is slower on CPUs (the choices' logits, [rows, length, vocabulary], grow with it)
 COUNTS = ("n", "hits", "hits_norm")  # the sums each benchmark adds: rows scored, acc's and acc_norm's hits
 
 
@@ -73,15 +74,17 @@ class BenchmarkRounds:
 
     def add_sums(self, sums: Message, model: nn.Module, tokenizer: Any, device: torch.device) -> Message:
         """`sums` (the task's) with this rank's counts added: rows scored and the hits of acc and acc_norm."""
-        from fl.tasks.choices import choice_logprobs, pick
+        from fl.tasks.choices import items_logprobs, pick
 
         out = self.template()
         if any(self.items.values()):
             model.eval()
             with autocast(device, self.precision):
                 for b, items in self.items.items():
-                    for item in items:
-                        acc, norm = pick(choice_logprobs(model, tokenizer, item, device), item.choices)
+                    for item, logprobs in zip(
+                        items, items_logprobs(model, tokenizer, items, device, BATCH), strict=True
+                    ):
+                        acc, norm = pick(logprobs, item.choices)
                         out[f"eval.bench.{b}.n"] += 1
                         out[f"eval.bench.{b}.hits"] += acc == item.gold
                         out[f"eval.bench.{b}.hits_norm"] += norm == item.gold

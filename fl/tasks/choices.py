@@ -14,6 +14,8 @@ The context runs through the model once; each choice continues from its key/valu
 for the choices, which run as one batch), so an item costs one context pass plus one batched pass
 over its choices (none when every choice is one token, as MMLU's letters), and scores what a full
 pass over context + choice scores (tests/tasks/test_choices.py checks both against each other).
+Items batch by length (`items_logprobs`): several contexts in one left-padded pass, then all their
+choices in one pass from the cache, as the harness batches its requests longest first.
 """
 
 from __future__ import annotations
@@ -39,32 +41,61 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 @torch.inference_mode()
 def choice_logprobs(model: nn.Module, tokenizer, item: Choice, device: torch.device) -> list[float]:
-    """Each choice's summed token log-probability given the context: the context runs once, and the
-    choices of more than one token continue together from its cache (one batch, right-padded)."""
-    pairs = [encode_pair(tokenizer, item.context, item.delimiter + c) for c in item.choices]
-    ctx = pairs[0][0]  # the context's own encoding, the same for every choice
-    out = model(torch.tensor([ctx], device=device), use_cache=True, **_last_logits_only(model))
-    first = F.log_softmax(out.logits[0, -1].float(), -1)  # predicts each choice's first token
-    scores = [float(first[cont[0]]) if cont else 0.0 for _, cont in pairs]
-    longer = [k for k, (_, cont) in enumerate(pairs) if len(cont) > 1]
-    if not longer:  # single-token choices (MMLU's letters): the context pass is all
+    """Each choice's summed token log-probability given the context (`items_logprobs` of one item)."""
+    return items_logprobs(model, tokenizer, [item], device)[0]
+
+
+@torch.inference_mode()
+def items_logprobs(
+    model: nn.Module, tokenizer, items: Sequence[Choice], device: torch.device, batch_size: int = 1
+) -> list[list[float]]:
+    """Each item's choices' summed token log-probabilities. Items run `batch_size` at a time, longest
+    context first (so a batch pads little): their contexts in one left-padded pass, then every choice
+    of more than one token of the batch in one pass from that cache (each row's cache repeated for
+    its choices). Results come back in the items' order."""
+    pairs = [[encode_pair(tokenizer, it.context, it.delimiter + c) for c in it.choices] for it in items]
+    order = sorted(range(len(items)), key=lambda i: -len(pairs[i][0][0]))
+    out: list[list[float]] = [[] for _ in items]
+    for start in range(0, len(order), max(batch_size, 1)):
+        chunk = order[start : start + max(batch_size, 1)]
+        for i, scores in zip(chunk, _batch_logprobs(model, [pairs[i] for i in chunk], device), strict=True):
+            out[i] = scores
+    return out
+
+
+def _batch_logprobs(model: nn.Module, batch: list[list[tuple[list[int], list[int]]]], device: torch.device):
+    """One batch of items (each a list of (context, continuation) token pairs, one per choice)."""
+    ctxs = [item[0][0] for item in batch]  # an item's context encodes the same for every choice
+    width = max(len(c) for c in ctxs)
+    ids = torch.zeros(len(ctxs), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for b, ctx in enumerate(ctxs):  # left padding: every context ends at the last column
+        ids[b, width - len(ctx) :] = torch.tensor(ctx, device=device)
+        mask[b, width - len(ctx) :] = 1
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(ids, attention_mask=mask, position_ids=position, use_cache=True, **_last_logits_only(model))
+    first = F.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]: predicts each choice's first token
+    scores = [[float(first[b, cont[0]]) if cont else 0.0 for _, cont in item] for b, item in enumerate(batch)]
+    rows = [(b, k, cont) for b, item in enumerate(batch) for k, (_, cont) in enumerate(item) if len(cont) > 1]
+    if not rows:  # single-token choices (MMLU's letters): the context pass is all
         return scores
-    # the choices that go on, in one batch from the context's cache repeated: [B, L] right-padded
-    rests = [pairs[k][1] for k in longer]
-    width = max(len(c) - 1 for c in rests)
-    ids = torch.zeros(len(rests), width, dtype=torch.long, device=device)
-    mask = torch.zeros(len(rests), len(ctx) + width, dtype=torch.long, device=device)
-    mask[:, : len(ctx)] = 1
-    for i, cont in enumerate(rests):
-        ids[i, : len(cont) - 1] = torch.tensor(cont[:-1], device=device)
-        mask[i, len(ctx) : len(ctx) + len(cont) - 1] = 1
+    # the choices that go on, [R, L] right-padded after their row's cache: positions go on from the context's
+    length = max(len(cont) - 1 for _, _, cont in rows)
+    ids2 = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    owner = torch.tensor([b for b, _, _ in rows], device=device)
+    mask2 = torch.cat([mask[owner], torch.zeros_like(ids2)], 1)
+    position2 = torch.zeros_like(ids2)
+    for r, (b, _, cont) in enumerate(rows):
+        ids2[r, : len(cont) - 1] = torch.tensor(cont[:-1], device=device)
+        mask2[r, width : width + len(cont) - 1] = 1
+        position2[r] = len(ctxs[b]) + torch.arange(length, device=device)
     cache = _cache_of(out)
-    cache.batch_repeat_interleave(len(rests))
-    logits = model(ids, attention_mask=mask, use_cache=True, **{_cache_arg(model): cache}).logits
-    logp = F.log_softmax(logits.float(), -1)  # [B, L, V]
-    for i, (k, cont) in enumerate(zip(longer, rests, strict=True)):
+    cache.reorder_cache(owner)  # row r continues from its item's context
+    logits = model(ids2, attention_mask=mask2, position_ids=position2, use_cache=True, **{_cache_arg(model): cache})
+    logp = F.log_softmax(logits.logits.float(), -1)  # [R, L, V]
+    for r, (b, k, cont) in enumerate(rows):
         targets = torch.tensor(cont[1:], device=device)
-        scores[k] += float(logp[i, : len(cont) - 1].gather(1, targets[:, None]).sum())
+        scores[b][k] += float(logp[r, : len(cont) - 1].gather(1, targets[:, None]).sum())
     return scores
 
 

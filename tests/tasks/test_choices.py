@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fl.data.benchmarks import Choice
-from fl.tasks.choices import choice_logprobs, direct_logprob, encode_pair, pick
+from fl.tasks.choices import choice_logprobs, direct_logprob, encode_pair, items_logprobs, pick
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,28 @@ def test_a_peft_model_continues_from_its_cache(tiny_llama_dir):
     for lp, choice in zip(choice_logprobs(model, tok, item, cpu), item.choices, strict=True):
         ctx, cont = encode_pair(tok, item.context, item.delimiter + choice)
         assert lp == pytest.approx(direct_logprob(model, ctx, cont, cpu), abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_batched_items_score_what_one_at_a_time_scores(arch, tiny_llama_dir, tiny_gpt2_dir):
+    """Contexts of different lengths in one left-padded pass, choices of different lengths (one token,
+    several, none) continuing from each row's cache: the same scores as each item alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_llama_dir if arch == "llama" else tiny_gpt2_dir
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    cpu = torch.device("cpu")
+    items = [
+        Choice("review : the movie was", ("good", "really very bad", "fun . it is this"), gold=0),
+        Choice("review : it", ("bad", "good"), gold=1),
+        Choice("review : a very long and really fun movie , it is this good and the", ("end", "movie was bad"), 0),
+        Choice("the", ("movie", "good", "bad fun"), gold=2),
+    ]
+    alone = [choice_logprobs(model, tok, it, cpu) for it in items]
+    for direct in alone[0]:
+        assert direct != 0.0
+    for size in (2, 4):
+        got = items_logprobs(model, tok, items, cpu, batch_size=size)
+        for a, b in zip(got, alone, strict=True):
+            assert a == pytest.approx(b, abs=1e-5)
