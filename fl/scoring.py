@@ -1,6 +1,9 @@
 """`fl eval TARGET --benchmarks ...` and `fl.evaluate(...)`: a causal LM scored on benchmark rows
-offline (`fl.data.benchmarks`) by log-likelihood multiple choice (`fl.tasks.choices`): acc and
-acc_norm with a 95% interval (1.96 standard errors, the harness's stderr), items per second.
+(`fl.data.benchmarks`, offline or from the hub): by log-likelihood multiple choice
+(`fl.tasks.choices`: acc and acc_norm) or by what it writes (`fl.tasks.generated`: gsm8k's
+exact_match_strict and exact_match_flexible; mmlu_flowertune's acc, invalid and acc_loglik, and acc
+per FlowerTune category); each with a 95% interval (1.96 standard errors, the harness's stderr),
+items per second.
 
 TARGET is a run folder written by `fl run` (its exported adapter or model), a peft adapter folder
 (also one trained elsewhere: its `base_model_name_or_path` is loaded under it), a model folder,
@@ -11,7 +14,6 @@ torchrun ranks and each round's scores inside a federated run are issue 35's nex
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,16 +21,9 @@ from typing import Any
 
 import torch
 
-from fl.data.benchmarks import SOURCES, load_benchmark
+from fl.data.benchmarks import BENCHMARKS, GSM8K_MAX_SHOTS, Generated, group_order, load_benchmark, origin
 from fl.errors import ConfigError
-
-
-def interval(hits: int, n: int) -> float:
-    """Half-width of the 95% interval of a mean of n 0/1 scores (1.96 x the sample standard error)."""
-    if n < 2:
-        return float("nan")
-    p = hits / n
-    return 1.96 * math.sqrt(p * (1 - p) / (n - 1))
+from fl.tasks.metrics import interval
 
 
 def resolve_target(target: str) -> tuple[str, str | None]:
@@ -82,61 +77,105 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
-def score(model: Any, tokenizer: Any, items: Sequence[Any], device: torch.device) -> dict[str, Any]:
-    """acc and acc_norm of `items`, with their intervals and the items scored per second."""
-    from fl.tasks.choices import choice_logprobs, pick
+def score(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[Any],
+    device: torch.device,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """The items' metrics with their intervals and the items scored per second: acc and acc_norm of
+    `Choice` items; of `Generated` items those `fl.tasks.generated.generated_hits` counts (greedy,
+    at most `max_new_tokens` new tokens where the rule does not set its own, `batch_size` prompts
+    at a time)."""
+    from fl.tasks.choices import items_logprobs, pick
+    from fl.tasks.generated import generated_hits
 
-    hits = [0, 0]
     t0 = time.perf_counter()
-    for item in items:
-        picks = pick(choice_logprobs(model, tokenizer, item, device), item.choices)
-        hits[0] += picks[0] == item.gold
-        hits[1] += picks[1] == item.gold
+    if items and isinstance(items[0], Generated):
+        hits = generated_hits(model, tokenizer, items, device, max_new_tokens, batch_size)
+    else:
+        hits = {"n": len(items), "acc": 0, "acc_norm": 0}
+        scored = items_logprobs(model, tokenizer, items, device, batch_size)  # longest first, in batches
+        for item, logprobs in zip(items, scored, strict=True):
+            picks = pick(logprobs, item.choices)
+            hits["acc"] += picks[0] == item.gold
+            hits["acc_norm"] += picks[1] == item.gold
     seconds = time.perf_counter() - t0
-    n = len(items)
-    return {
-        "n": n,
-        "acc": hits[0] / n,
-        "acc_ci95": interval(hits[0], n),
-        "acc_norm": hits[1] / n,
-        "acc_norm_ci95": interval(hits[1], n),
-        "items_per_s": n / seconds if seconds else float("nan"),
-    }
+    return {**rates(hits), "items_per_s": len(items) / seconds if seconds else float("nan")}
+
+
+def rates(hits: dict[str, int]) -> dict[str, Any]:
+    """Counts as rates with intervals: "n", each metric and its "_ci95"; counts per group ("n:GROUP",
+    "acc:GROUP") under "categories", in FlowerTune's order."""
+    n = hits["n"]
+    out: dict[str, Any] = {"n": n}
+    for name, count in hits.items():
+        if name != "n" and ":" not in name:
+            out[name], out[f"{name}_ci95"] = count / n, interval(count, n)
+    groups = sorted((k.split(":", 1)[1] for k in hits if k.startswith("n:")), key=group_order)
+    if groups:
+        out["categories"] = {g: rates({"n": hits[f"n:{g}"], "acc": hits[f"acc:{g}"]}) for g in groups}
+    return out
 
 
 def evaluate(
-    target: str, benchmarks: Sequence[str], limit: int | None = 200, seed: int = 0, shots: int = 0, device: str = "cpu"
+    target: str,
+    benchmarks: Sequence[str],
+    limit: int | None = 200,
+    seed: int = 0,
+    shots: int = 0,
+    device: str = "cpu",
+    gsm8k_shots: int = 5,
+    max_new_tokens: int = 256,
+    source: str = "auto",
 ) -> dict[str, Any]:
-    """Score `target` on each benchmark (a seeded sample of `limit` rows; None: all). Raises
-    ConfigError for an unknown benchmark, a classifier, missing rows or more shots than dev rows."""
-    unknown = [b for b in benchmarks if b not in SOURCES]
+    """Score `target` on each benchmark (a seeded sample of `limit` rows; None: all): `shots` dev rows
+    before each MMLU question, `gsm8k_shots` worked solutions before each GSM8K one, at most
+    `max_new_tokens` generated for GSM8K, rows from `source` ("auto", "offline", "hub"). Raises
+    ConfigError for an unknown benchmark, a classifier, missing rows or more shots than allowed."""
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
     if unknown or not benchmarks:
-        raise ConfigError(f"unknown benchmark {unknown[0] if unknown else ''!r}; choose from {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown benchmark {unknown[0] if unknown else ''!r}; choose from {', '.join(BENCHMARKS)}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit={limit}: give a row count of at least 1, or None for every row")
     if not 0 <= shots <= 5:
         raise ConfigError(f"shots={shots}: mmlu takes 0 to 5 dev rows before each question")
-    rows = {b: load_benchmark(b, limit, seed, shots if b == "mmlu" else 0) for b in benchmarks}  # bad input first
+    if not 0 <= gsm8k_shots <= GSM8K_MAX_SHOTS:
+        raise ConfigError(f"gsm8k_shots={gsm8k_shots}: gsm8k takes 0 to {GSM8K_MAX_SHOTS} worked solutions")
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens={max_new_tokens}: give 1 or more (the harness's gsm8k: 256)")
+    k = {"mmlu": shots, "gsm8k": gsm8k_shots}
+    rows = {b: load_benchmark(b, limit, seed, k.get(b, 0), source) for b in benchmarks}  # bad input first
     dev = torch.device(device)
     model, tokenizer, loaded = load_causal_lm(target, dev)
-    results = {b: score(model, tokenizer, items, dev) for b, items in rows.items()}
+    results = {b: score(model, tokenizer, items, dev, max_new_tokens) for b, items in rows.items()}
     return {
         "target": target,
         "loaded": loaded,
         "limit": limit,
         "seed": seed,
         "mmlu_shots": shots,
+        "gsm8k_shots": gsm8k_shots,
+        "max_new_tokens": max_new_tokens,
+        "rows_from": origin(source),
         "device": device,
         "results": results,
     }
 
 
 def table(doc: dict[str, Any]) -> str:
-    """The results as a markdown table."""
-    lines = ["| benchmark | n | acc | acc_norm | items/s |", "|---|---|---|---|---|"]
+    """The results as a markdown table: a line per benchmark and metric (and FlowerTune category)."""
+    lines = ["| benchmark | n | metric | score | items/s |", "|---|---|---|---|---|"]
     for name, r in doc["results"].items():
-        lines.append(
-            f"| {name} | {r['n']} | {r['acc']:.3f} ± {r['acc_ci95']:.3f} | {r['acc_norm']:.3f} ± "
-            f"{r['acc_norm_ci95']:.3f} | {r['items_per_s']:.1f} |"
-        )
+        speed = f"{r['items_per_s']:.2f}"  # two decimals: generation runs well under 1 item/s on a CPU
+        parts = [(r, "")] + [(c, f" ({g})") for g, c in r.get("categories", {}).items()]
+        for part, label in parts:
+            for metric in (k for k in part if f"{k}_ci95" in part):
+                lines.append(
+                    f"| {name} | {part['n']} | {metric}{label} | {part[metric]:.3f} ± {part[metric + '_ci95']:.3f} "
+                    f"| {speed} |"
+                )
+                speed = ""  # once per benchmark
     return "\n".join(lines)

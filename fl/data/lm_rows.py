@@ -12,6 +12,7 @@ Two kinds of rows, each a `datasets.Dataset`:
 
 Sources: the embedded Rotten Tomatoes sentences as sentiment instructions (the same train / test
 rows as the classifier's), the embedded Shakespeare plays (blocks of each play, split by play),
+MMLU's validation and dev rows as lettered questions grouped by subject category (`fl.data.mmlu_rows`),
 your files (task=csv) or a hub dataset (task=hf) with instruction / chat / text columns.
 """
 
@@ -159,6 +160,13 @@ def load_lm_data(cfg: Config, tokenizer: Any) -> LMData:
         data = sentiment_instructions()
     elif cfg.task == "shakespeare":
         data = text_blocks(tokenizer, play_documents(cfg), cfg.max_length, "shakespeare")
+    elif cfg.task == "mmlu":
+        from datasets import Dataset
+
+        from fl.data.mmlu_rows import ANSWERS, mmlu_rows
+
+        train, test = (LMRows(Dataset.from_dict(rows)) for rows in mmlu_rows())
+        data = LMData("mmlu", "chat", train, test, ANSWERS)
     else:
         if cfg.task == "csv":
             raw, where = sources.load_file_rows(cfg.train_file or "", cfg.test_file or ""), cfg.train_file or ""
@@ -168,7 +176,7 @@ def load_lm_data(cfg: Config, tokenizer: Any) -> LMData:
         else:
             raise ConfigError(
                 f"task={cfg.task} is a classification dataset; task_kind=causal_lm takes task=rotten_tomatoes, "
-                "shakespeare, csv or hf"
+                "shakespeare, mmlu, csv or hf"
             )
         data = rows_of_files(cfg, raw, where, tokenizer)
     train, test = data.train, data.test

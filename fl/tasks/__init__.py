@@ -190,4 +190,4 @@ def build_task(cfg: Config, task: Task | None = None) -> Task:
     return instantiate({"_component_": cfg.task_kind}, "task_kind", config=cfg)
 
 
-from fl.tasks.benchmark_rounds import BenchmarkRounds  # noqa: E402  (it imports this package's metrics)
+from fl.tasks.benchmark_rounds import BenchmarkRounds as BenchmarkRounds  # noqa: E402  (it imports tasks.metrics)

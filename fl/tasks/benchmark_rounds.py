@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fl.comm.message import Message
-from fl.data.benchmarks import SOURCES, Choice, load_benchmark
+from fl.data.benchmarks import BENCHMARKS, SOURCES, Choice, load_benchmark
 from fl.errors import ConfigError
 from fl.models.precision import autocast
 from fl.tasks.metrics import interval
@@ -36,6 +36,11 @@ def parse_names(text: str) -> tuple[str, ...]:
     if not names:
         raise ConfigError("eval_benchmarks is empty; name one or more of " + ", ".join(SOURCES))
     for n in names:
+        if n in BENCHMARKS and n not in SOURCES:
+            raise ConfigError(
+                f"eval_benchmarks: {n} is scored by what the model generates, which `fl eval` does after a run; "
+                f"each round takes the log-likelihood ones: {', '.join(SOURCES)}"
+            )
         if n not in SOURCES:
             raise ConfigError(f"eval_benchmarks: unknown benchmark {n!r}; choose from {', '.join(SOURCES)}")
     if len(set(names)) < len(names):

@@ -27,7 +27,12 @@ def config(names: str, rows: int = 6) -> SimpleNamespace:
 
 @pytest.mark.parametrize(
     "text, message",
-    [("mmlu,gsm9k", "unknown benchmark 'gsm9k'"), ("piqa, piqa", "names a benchmark twice"), (" , ", "is empty")],
+    [
+        ("mmlu,gsm9k", "unknown benchmark 'gsm9k'"),
+        ("piqa, piqa", "names a benchmark twice"),
+        ("gsm8k", "gsm8k is scored by what the model generates"),
+        (" , ", "is empty"),
+    ],
 )
 def test_bad_names_are_one_line(text, message):
     with pytest.raises(ConfigError, match=message):
