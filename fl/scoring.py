@@ -7,8 +7,9 @@ items per second.
 
 TARGET is a run folder written by `fl run` (its exported adapter or model), a peft adapter folder
 (also one trained elsewhere: its `base_model_name_or_path` is loaded under it), a model folder,
-'smollm2' (the embedded SmolLM2-135M-Instruct) or a hub name. One process; scoring split over
-torchrun ranks and each round's scores inside a federated run are issue 35's next steps.
+'smollm2' (the embedded SmolLM2-135M-Instruct) or a hub name. Under torchrun every rank scores every
+world-th row and rank 0 sums the counts (the same numbers as one process). Each round's scores
+inside a federated run: `eval_benchmarks` (fl.tasks.benchmark_rounds).
 """
 
 from __future__ import annotations
@@ -77,6 +78,32 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
+def count(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[Any],
+    device: torch.device,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+) -> dict[str, int]:
+    """The items' hit counts ("n" and one count per metric; "n:GROUP" / "acc:GROUP" per category):
+    acc and acc_norm of `Choice` items; of `Generated` items those `fl.tasks.generated.generated_hits`
+    counts (greedy, at most `max_new_tokens` new tokens where the rule does not set its own),
+    `batch_size` items a pass."""
+    from fl.tasks.choices import items_logprobs, pick
+    from fl.tasks.generated import generated_hits
+
+    if items and isinstance(items[0], Generated):
+        return generated_hits(model, tokenizer, items, device, max_new_tokens, batch_size)
+    hits = {"n": len(items), "acc": 0, "acc_norm": 0}
+    scored = items_logprobs(model, tokenizer, items, device, batch_size)  # longest first, in batches
+    for item, logprobs in zip(items, scored, strict=True):
+        picks = pick(logprobs, item.choices)
+        hits["acc"] += picks[0] == item.gold
+        hits["acc_norm"] += picks[1] == item.gold
+    return hits
+
+
 def score(
     model: Any,
     tokenizer: Any,
@@ -85,23 +112,9 @@ def score(
     max_new_tokens: int = 256,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """The items' metrics with their intervals and the items scored per second: acc and acc_norm of
-    `Choice` items; of `Generated` items those `fl.tasks.generated.generated_hits` counts (greedy,
-    at most `max_new_tokens` new tokens where the rule does not set its own, `batch_size` prompts
-    at a time)."""
-    from fl.tasks.choices import items_logprobs, pick
-    from fl.tasks.generated import generated_hits
-
+    """The items' metrics (`count`'s, as rates) with their intervals and the items scored per second."""
     t0 = time.perf_counter()
-    if items and isinstance(items[0], Generated):
-        hits = generated_hits(model, tokenizer, items, device, max_new_tokens, batch_size)
-    else:
-        hits = {"n": len(items), "acc": 0, "acc_norm": 0}
-        scored = items_logprobs(model, tokenizer, items, device, batch_size)  # longest first, in batches
-        for item, logprobs in zip(items, scored, strict=True):
-            picks = pick(logprobs, item.choices)
-            hits["acc"] += picks[0] == item.gold
-            hits["acc_norm"] += picks[1] == item.gold
+    hits = count(model, tokenizer, items, device, max_new_tokens, batch_size)
     seconds = time.perf_counter() - t0
     return {**rates(hits), "items_per_s": len(items) / seconds if seconds else float("nan")}
 
@@ -148,9 +161,16 @@ def evaluate(
         raise ConfigError(f"max_new_tokens={max_new_tokens}: give 1 or more (the harness's gsm8k: 256)")
     k = {"mmlu": shots, "gsm8k": gsm8k_shots}
     rows = {b: load_benchmark(b, limit, seed, k.get(b, 0), source) for b in benchmarks}  # bad input first
-    dev = torch.device(device)
-    model, tokenizer, loaded = load_causal_lm(target, dev)
-    results = {b: score(model, tokenizer, items, dev, max_new_tokens) for b, items in rows.items()}
+    rt = _join_ranks()
+    try:
+        dev = torch.device(device) if rt is None or device != "cuda" else rt.device
+        model, tokenizer, loaded = load_causal_lm(target, dev)
+        results = {b: _score_shared(rt, model, tokenizer, items, dev, max_new_tokens) for b, items in rows.items()}
+    finally:
+        if rt is not None:
+            from fl import comm
+
+            comm.shutdown()
     return {
         "target": target,
         "loaded": loaded,
@@ -161,8 +181,47 @@ def evaluate(
         "max_new_tokens": max_new_tokens,
         "rows_from": origin(source),
         "device": device,
+        "processes": rt.world_size if rt is not None else 1,
         "results": results,
     }
+
+
+def _join_ranks() -> Any:
+    """Under torchrun: the process group (gloo on CPUs), every rank scoring and the cores shared among
+    the node's ranks; else None (one process)."""
+    import os
+
+    from fl import comm
+
+    if not comm.launched_by_torchrun():
+        return None
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    return comm.init(num_threads=max(1, len(os.sched_getaffinity(0)) // local))
+
+
+def _score_shared(
+    rt: Any, model: Any, tokenizer: Any, items: Sequence[Any], device: torch.device, max_new_tokens: int
+) -> dict[str, Any]:
+    """`score` in one process; under torchrun each rank counts every world-th item, the counts are
+    summed on rank 0 and its rates sent to every rank; items/s over the wall time of the slowest rank."""
+    if rt is None:
+        return score(model, tokenizer, items, device, max_new_tokens)
+    from fl import comm
+
+    comm.barrier(rt)
+    t0 = time.perf_counter()
+    mine = count(model, tokenizer, items[rt.rank :: rt.world_size], device, max_new_tokens)
+    counts = comm.gather_object(rt, mine)  # small dicts; a rank's share may lack a category
+    comm.barrier(rt)
+    seconds = time.perf_counter() - t0
+    result = None
+    if rt.is_main:
+        total: dict[str, int] = {}
+        for part in counts or []:
+            for k, v in part.items():
+                total[k] = total.get(k, 0) + v
+        result = {**rates(total), "items_per_s": len(items) / seconds}
+    return comm.broadcast_object(rt, result)
 
 
 def table(doc: dict[str, Any]) -> str:

@@ -35,8 +35,13 @@ ROUND_KEYS = {
 
 
 def run_torchrun(nproc: int, overrides: list[str], recipe: Path = RECIPE) -> subprocess.CompletedProcess:
+    return torchrun_fl(nproc, ["run", str(recipe), *overrides])
+
+
+def torchrun_fl(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+    """`fl ARGS...` under torchrun with nproc processes (its log kept in /tmp when it fails)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "fl", "run", str(recipe), *overrides]
+    cmd += ["-m", "fl", *args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     if proc.returncode != 0:  # keep the whole log: torchrun's summary alone hides the cause

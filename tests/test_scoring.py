@@ -171,3 +171,25 @@ def test_the_table_shows_each_benchmarks_own_metrics_with_intervals():
         "| mmlu_flowertune | 6 | acc (stem) | 0.500 ± 0.438 |  |",
         "| mmlu_flowertune | 4 | acc (humanities) | 0.250 ± 0.490 |  |",
     ]
+
+
+@installed
+@pytest.mark.slow
+def test_fl_eval_under_torchrun_scores_what_one_process_scores(tmp_path, capsys):
+    """Two ranks, each every other row: the counts summed on rank 0 give one process's numbers (also
+    per FlowerTune category, which a rank's share may lack), and only rank 0 writes and prints."""
+    from tests.helpers import torchrun_fl
+    from tests.tasks.test_generated import letters_lm
+
+    letters_lm(tmp_path / "lm")
+    args = ["eval", str(tmp_path / "lm"), "--benchmarks", "piqa,mmlu,mmlu_flowertune", "--limit", "7"]
+    proc = torchrun_fl(2, [*args, "--out", str(tmp_path / "two.json")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("| piqa | 7 | acc |") == 1 and "2 process(es)" in proc.stdout  # rank 0 alone
+    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    two, one = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))
+    assert two["processes"] == 2 and one["processes"] == 1
+    for name, r in one["results"].items():
+        assert {k: v for k, v in two["results"][name].items() if k != "items_per_s"} == {
+            k: v for k, v in r.items() if k != "items_per_s"
+        }
