@@ -4,8 +4,8 @@ reusing the context's cache buys against a full pass per choice (the same number
     python -m bench.llm_benchmarks                   # 100 seeded rows per benchmark, ~6 min on 2 cores
     python -m bench.llm_benchmarks --quick --model DIR   # a tiny model, 4 rows: for tests
 
-Writes bench/reports/llm-benchmarks.md and .json. Still to come (issue 35): the same rows through
-lm-evaluation-harness, for its numbers and items per second beside fl's.
+Writes bench/reports/llm-benchmarks.md and .json. lm-evaluation-harness on the same rows:
+`python -m bench.lm_eval_compare`.
 """
 
 from __future__ import annotations
@@ -20,21 +20,25 @@ from bench.common import add_common_args, md_table, write_report
 BENCHMARKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "openbookqa", "mmlu")
 
 
-def speed(model: Any, tokenizer: Any, items: list[Any], device: Any) -> tuple[float, float, float]:
-    """On the same items: (items per second of `choice_logprobs`, items per second of one full pass
-    over context + choice per choice, the largest log-prob difference between the two)."""
-    from fl.tasks.choices import choice_logprobs, direct_logprob, encode_pair
+def speed(model: Any, tokenizer: Any, items: list[Any], device: Any) -> tuple[float, float, float, float]:
+    """On the same items: items per second of `items_logprobs` 8 items a pass (what `fl eval` runs), of
+    one item a pass (context once, choices from its cache), of one full pass over context + choice per
+    choice; and the largest log-prob difference between the first and the last."""
+    from fl.tasks.choices import direct_logprob, encode_pair, items_logprobs
 
     t0 = time.perf_counter()
-    fast = [choice_logprobs(model, tokenizer, it, device) for it in items]
+    batched = items_logprobs(model, tokenizer, items, device, 8)
     t1 = time.perf_counter()
+    items_logprobs(model, tokenizer, items, device, 1)
+    t2 = time.perf_counter()
     slow = [
         [direct_logprob(model, *encode_pair(tokenizer, it.context, it.delimiter + c), device) for c in it.choices]
         for it in items
     ]
-    t2 = time.perf_counter()
-    diff = max(abs(a - b) for f, s in zip(fast, slow, strict=True) for a, b in zip(f, s, strict=True))
-    return len(items) / (t1 - t0), len(items) / (t2 - t1), diff
+    t3 = time.perf_counter()
+    diff = max(abs(a - b) for f, s in zip(batched, slow, strict=True) for a, b in zip(f, s, strict=True))
+    n = len(items)
+    return n / (t1 - t0), n / (t2 - t1), n / (t3 - t2), diff
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -58,8 +62,10 @@ def main(argv: list[str] | None = None) -> Path:
     for name in BENCHMARKS:
         items = load_benchmark(name, args.rows, 0, args.shots if name == "mmlu" else 0)
         results[name] = score(model, tokenizer, items, device)
-        fast, slow, diff = speed(model, tokenizer, items[: min(len(items), 30)], device)
-        results[name].update(cached_items_per_s=fast, full_pass_items_per_s=slow, max_logprob_diff=diff)
+        batched, cached, slow, diff = speed(model, tokenizer, items[: min(len(items), 32)], device)
+        results[name].update(
+            batched_items_per_s=batched, cached_items_per_s=cached, full_pass_items_per_s=slow, max_logprob_diff=diff
+        )
         print(name, results[name], flush=True)
     rows = [
         [
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> Path:
             r["n"],
             f"{r['acc']:.3f} ± {r['acc_ci95']:.3f}",
             f"{r['acc_norm']:.3f} ± {r['acc_norm_ci95']:.3f}",
+            f"{r['batched_items_per_s']:.2f}",
             f"{r['cached_items_per_s']:.2f}",
             f"{r['full_pass_items_per_s']:.2f}",
             f"{r['max_logprob_diff']:.1e}",
@@ -77,12 +84,16 @@ def main(argv: list[str] | None = None) -> Path:
         f"`fl eval` of {loaded} in fp32 on {torch.get_num_threads()} threads: {args.rows} seeded rows "
         f"(seed 0) of each benchmark, MMLU with {args.shots} dev shots; ARC and OpenBookQA from their "
         "validation splits (the harness scores their test splits; the package ships no test rows). "
-        "Intervals: 95% (1.96 standard errors). Items/s, both on the first 30 rows: one context pass "
-        "and one batched pass over the choices from its cache (fl), against one full pass over context "
-        "+ choice per choice; with the largest difference of a choice's log-probability between the two "
-        "on those rows.\n\n"
-        + md_table(["benchmark", "n", "acc", "acc_norm", "items/s (fl)", "items/s (full pass)", "max diff"], rows)
-        + "\n\nNot yet here: lm-evaluation-harness on the same model folder and rows (issue 35).\n"
+        "Intervals: 95% (1.96 standard errors). Items/s, all on the first 32 rows: 8 items a pass, longest "
+        "first (their contexts in one left-padded pass, then all their choices from its cache: what `fl eval` "
+        "runs), one item a pass (its context once, its choices from the cache), and one full pass over "
+        "context + choice per choice; with the largest difference of a choice's log-probability between the "
+        "first and the last on those rows. lm-evaluation-harness on the same rows: "
+        "[lm-eval-compare.md](lm-eval-compare.md).\n\n"
+        + md_table(
+            ["benchmark", "n", "acc", "acc_norm", "items/s (8 a pass)", "(1 a pass)", "(full pass)", "max diff"], rows
+        )
+        + "\n"
     )
     name = "llm-benchmarks" + ("-quick" if args.quick else "")
     data = {"model": loaded, "rows": args.rows, "shots": args.shots, "results": results}

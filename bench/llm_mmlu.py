@@ -69,7 +69,9 @@ def sentiment_section(rows: int) -> tuple[str, dict[str, Any]]:
     from fl.scoring import evaluate
 
     run_dir = RUNS / "llm-mmlu" / "sentiment"
-    doc = run_torchrun("llm-sentiment.yaml", [f"output_dir={run_dir.parent}", "run_name=sentiment"], 3, run_dir)
+    doc = run_torchrun(
+        "llm-sentiment.yaml", [f"output_dir={run_dir.parent}", "run_name=sentiment", "overwrite=true"], 3, run_dir
+    )
     tuned = evaluate(str(run_dir), EVAL_BENCHMARKS, limit=rows)
     base = evaluate("smollm2", EVAL_BENCHMARKS, limit=rows)
     table = [
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     out = Path(args.out)
     run_dir = RUNS / "llm-mmlu" / "mmlu"
-    doc = run_torchrun("llm-mmlu.yaml", [f"output_dir={run_dir.parent}", "run_name=mmlu"], 3, run_dir)
+    doc = run_torchrun("llm-mmlu.yaml", [f"output_dir={run_dir.parent}", "run_name=mmlu", "overwrite=true"], 3, run_dir)
     body, data = mmlu_section(doc, out / "llm-mmlu.png")
     if not args.skip_sentiment:
         text, more = sentiment_section(args.rows)

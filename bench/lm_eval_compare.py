@@ -9,11 +9,11 @@ again for the per-item check), the harness once per batch size (HFLM, loaded as 
 loads `model="hf"` and timed apart, then `simple_evaluate` per benchmark with `log_samples`).
 
     pip install 'fl[bench]'   # lm-eval[hf]==0.4.13
-    python -m bench.lm_eval_compare --limit 200 --batch-sizes 1,8,32 --out bench/runs/lm-eval-compare
+    python -m bench.lm_eval_compare --limit 60 --batch-sizes 1,8,32
 
 items/s: items over the seconds in the scoring itself (fl: `score`; harness: its `loglikelihood`,
 tokenizing and batching included); each whole `simple_evaluate` call (task and dataset building
-too) is in results.json as harness_wall_s. Writes results.json and table.md under --out.
+too) is in the JSON as harness_wall_s. Writes bench/reports/lm-eval-compare.md and .json.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+REPORTS = Path(__file__).resolve().parent / "reports"
 BENCHMARKS = "arc_easy,arc_challenge,hellaswag,piqa,openbookqa,mmlu"
 INSTALL = "pip install 'fl[bench]'"
 
@@ -66,14 +67,14 @@ def run_fl(model_dir: str, rows: dict[str, list[Any]]) -> tuple[float, dict[str,
     import torch
 
     from fl.scoring import load_causal_lm, score
-    from fl.tasks.choices import choice_logprobs
+    from fl.tasks.choices import items_logprobs
 
     device = torch.device("cpu")
     t0 = time.perf_counter()
     model, tokenizer, _ = load_causal_lm(model_dir, device)
     load_s = time.perf_counter() - t0
     results = {b: score(model, tokenizer, items, device) for b, items in rows.items()}
-    logprobs = {b: [choice_logprobs(model, tokenizer, it, device) for it in items] for b, items in rows.items()}
+    logprobs = {b: items_logprobs(model, tokenizer, items, device, 8) for b, items in rows.items()}
     return load_s, results, logprobs
 
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mmlu-shots", type=int, default=5, help="MMLU dev shots (in fl's contexts)")
     ap.add_argument("--batch-sizes", default="1,8", help="the harness's batch sizes, comma-separated")
-    ap.add_argument("--out", default="bench/runs/lm-eval-compare", help="folder for results.json and table.md")
+    ap.add_argument("--out", default=str(REPORTS), help="report folder (lm-eval-compare.md and .json)")
     args = ap.parse_args(argv)
     if importlib.util.find_spec("lm_eval") is None:
         print(f"bench.lm_eval_compare: lm-evaluation-harness is not installed; {INSTALL}", file=sys.stderr)
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import transformers
     from lm_eval.tasks import TaskManager
 
-    from bench.common import command_line, machine
+    from bench.common import write_report
     from fl.data.benchmarks import Choice, load_benchmark
     from fl.models import resolve_model
 
@@ -205,9 +206,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results[b]["harness"][str(size)] = r
                 print(b, f"bs={size}", " ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
     doc = {
-        "machine": machine(),
-        "command": command_line("bench.lm_eval_compare", argv),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -225,11 +223,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": results,
     }
     md = table(doc)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out_dir / "table.md").write_text(md)
     print(md)
+    body = (
+        f"{model_dir} in fp32 on {doc['threads']} threads, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, lm-eval {doc['versions']['lm_eval']}: {args.limit} seeded rows (seed "
+        f"{args.seed}) of each benchmark, MMLU with {args.mmlu_shots} dev shots, the same texts in both (fl's "
+        "items written as a local harness task; every request the harness builds checked against them). fl: "
+        "`fl.scoring.score` (8 items a pass, longest first, each choice from its context's cache); the harness: "
+        "HFLM at each batch size. items/s: the scoring alone, model load apart (fl "
+        f"{fl_load:.1f} s). Picks differ: items whose acc / acc_norm choice differs; max abs Δ logprob: the "
+        "largest difference of a choice's summed log-probability.\n\n" + md + "\n"
+    )
+    write_report(
+        "bench.lm_eval_compare", "lm-eval-compare", "fl against lm-evaluation-harness", body, doc, Path(args.out), argv
+    )
     return doc
 
 
