@@ -73,7 +73,7 @@ def _batch_logprobs(model: nn.Module, batch: list[list[tuple[list[int], list[int
         ids[b, width - len(ctx) :] = torch.tensor(ctx, device=device)
         mask[b, width - len(ctx) :] = 1
     position = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(ids, attention_mask=mask, position_ids=position, use_cache=True, **_last_logits_only(model))
+    out = model(ids, attention_mask=mask, position_ids=position, use_cache=True, **last_logits_only(model))
     first = F.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]: predicts each choice's first token
     scores = [[float(first[b, cont[0]]) if cont else 0.0 for _, cont in item] for b, item in enumerate(batch)]
     rows = [(b, k, cont) for b, item in enumerate(batch) for k, (_, cont) in enumerate(item) if len(cont) > 1]
@@ -108,7 +108,7 @@ def _forward_params(model: nn.Module) -> set[str]:
     return set(inspect.signature(inner.forward).parameters)
 
 
-def _last_logits_only(model: nn.Module) -> dict[str, int]:
+def last_logits_only(model: nn.Module) -> dict[str, int]:
     """The forward's option to compute logits for the last position only (a 5-shot MMLU context's
     full logits are ~140 MB in fp32), where the model has one."""
     return {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}

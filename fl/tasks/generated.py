@@ -36,7 +36,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from fl.data.benchmarks import Generated
 from fl.errors import ConfigError
 from fl.tasks.answers import flowertune_choice, gsm8k_correct, gsm8k_flexible, gsm8k_strict
-from fl.tasks.choices import _last_logits_only, direct_logprob
+from fl.tasks.choices import direct_logprob, last_logits_only
 
 MAX_NEW_TOKENS = 256  # the harness's max_gen_toks
 BATCH_SIZE = 8
@@ -148,7 +148,7 @@ def letter_logprobs(
     the prompt (a choice of several tokens gets its own full pass)."""
     ctx = tokenizer(prompt)["input_ids"]
     conts = [tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in letters]
-    logits = model(torch.tensor([ctx], device=device), **_last_logits_only(model)).logits
+    logits = model(torch.tensor([ctx], device=device), **last_logits_only(model)).logits
     first = F.log_softmax(logits[0, -1].float(), -1)
     return [float(first[c[0]]) if len(c) == 1 else direct_logprob(model, ctx, c, device) for c in conts]
 
