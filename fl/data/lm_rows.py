@@ -61,9 +61,48 @@ class LMData:
     skipped: dict[str, int] | None = None  # rows left out per split (long_prompts=skip)
 
 
+ROLES = ("system", "user", "assistant")
+TURNS_FIX = "a list of turns, each {'role': 'system' | 'user' | 'assistant', 'content': '<text>'}"
+
+
+def turn_problem(turns: Any) -> str | None:
+    """What is wrong with one row's chat turns, or None."""
+    if turns is None or turns == []:
+        return "is empty, not a list of turns"
+    if not isinstance(turns, list):
+        return f"is {type(turns).__name__}, not a list of turns"
+    for k, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict):
+            return f"turn {k} is a {type(turn).__name__}, not a mapping"
+        if turn.get("role") not in ROLES:
+            return f"turn {k} has role {turn.get('role')!r}"
+        if not isinstance(turn.get("content"), str):
+            return f"turn {k}'s content is {type(turn.get('content')).__name__}, not text"
+    return None
+
+
+def check_row_shapes(ds: Any, columns: dict[str, str], where: str) -> None:
+    """Every row's fields of the right type before anything runs: `columns` maps a column to "turns"
+    (chat), "text" or "optional" (text or null: the input column). One line naming the file, the row
+    (from 1) and the fix."""
+    for col, kind in columns.items():
+        for i, value in enumerate(ds[col]):
+            if kind == "turns":
+                problem = turn_problem(value)
+                if problem:
+                    raise ConfigError(f"{where}: row {i + 1}: {col!r} {problem}; give {TURNS_FIX}")
+            elif not isinstance(value, str) and not (value is None and kind == "optional"):
+                raise ConfigError(
+                    f"{where}: row {i + 1}: {col!r} is {type(value).__name__ if value is not None else 'empty'}, "
+                    "not text; give a string"
+                )
+
+
 def as_messages(ds: Any, cfg: Config, where: str) -> Any:
-    """Instruction rows (instruction / input / output) as chat rows; chat rows as they are."""
+    """Instruction rows (instruction / input / output) as chat rows; chat rows as they are. Each row's
+    fields are checked for their type first (`check_row_shapes`)."""
     if cfg.messages_column in ds.column_names:
+        check_row_shapes(ds, {cfg.messages_column: "turns"}, where)
         return ds.rename_column(cfg.messages_column, "messages") if cfg.messages_column != "messages" else ds
     needed = [cfg.instruction_column, cfg.output_column]
     missing = [c for c in needed if c not in ds.column_names]
@@ -74,6 +113,8 @@ def as_messages(ds: Any, cfg: Config, where: str) -> Any:
             f"{cfg.text_column!r}; set messages_column= / instruction_column= / output_column= one of {ds.column_names}"
         )
     has_input = cfg.input_column in ds.column_names
+    kinds = {c: "text" for c in needed} | ({cfg.input_column: "optional"} if has_input else {})
+    check_row_shapes(ds, kinds, where)
 
     def to_chat(batch: dict[str, list]) -> dict[str, list]:
         out = []

@@ -72,8 +72,8 @@ def check_text_file(p: Path) -> int:
     filled = 0
     with p.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
+            try:  # a byte-order mark opening the file is read past, as the CSV reader does
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 raise ConfigError(
                     f"{p}: line {number} is not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8"
