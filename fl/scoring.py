@@ -93,7 +93,9 @@ def count(
     from fl.tasks.choices import items_logprobs, pick
     from fl.tasks.generated import generated_hits
 
-    if items and isinstance(items[0], Generated):
+    if not items:  # a rank's empty share: no metric names, so none is made up
+        return {"n": 0}
+    if isinstance(items[0], Generated):
         return generated_hits(model, tokenizer, items, device, max_new_tokens, batch_size)
     hits = {"n": len(items), "acc": 0, "acc_norm": 0}
     scored = items_logprobs(model, tokenizer, items, device, batch_size)  # longest first, in batches
@@ -207,10 +209,16 @@ def _score_shared(
     if rt is None:
         return score(model, tokenizer, items, device, max_new_tokens)
     from fl import comm
+    from fl.job import agree
 
     comm.barrier(rt)
     t0 = time.perf_counter()
-    mine = count(model, tokenizer, items[rt.rank :: rt.world_size], device, max_new_tokens)
+    mine, error = {}, None
+    try:
+        mine = count(model, tokenizer, items[rt.rank :: rt.world_size], device, max_new_tokens)
+    except ConfigError as err:  # e.g. a prompt too long for the model, met on one rank's rows only
+        error = err
+    agree(rt, error)  # every rank stops together; rank 0 says the first error in one line
     counts = comm.gather_object(rt, mine)  # small dicts; a rank's share may lack a category
     comm.barrier(rt)
     seconds = time.perf_counter() - t0

@@ -193,3 +193,24 @@ def test_fl_eval_under_torchrun_scores_what_one_process_scores(tmp_path, capsys)
         assert {k: v for k, v in two["results"][name].items() if k != "items_per_s"} == {
             k: v for k, v in r.items() if k != "items_per_s"
         }
+
+
+@installed
+@pytest.mark.slow
+def test_fl_eval_under_torchrun_with_more_ranks_than_rows_and_an_error_on_one_rank(tmp_path, tiny_gpt2_dir):
+    """One row on two ranks: the empty share adds no made-up metric; a gsm8k prompt too long for the
+    tiny GPT-2 (64 positions) on rank 0's row only: one line from rank 0, exit 2, nothing written."""
+    from tests.helpers import torchrun_fl
+    from tests.tasks.test_generated import letters_lm
+
+    letters_lm(tmp_path / "lm")
+    args = ["--benchmarks", "gsm8k", "--limit", "1", "--gsm8k-shots", "0", "--max-new-tokens", "4"]
+    proc = torchrun_fl(2, ["eval", str(tmp_path / "lm"), *args, "--out", str(tmp_path / "one.json")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / "one.json").read_text())["results"]["gsm8k"]
+    metrics = {"exact_match_strict", "exact_match_flexible"}
+    assert got["n"] == 1 and set(got) == {"n", "items_per_s", *metrics, *(f"{m}_ci95" for m in metrics)}
+    out = tmp_path / "long.json"
+    proc = torchrun_fl(2, ["eval", str(tiny_gpt2_dir), "--benchmarks", "gsm8k", "--limit", "2", "--out", str(out)])
+    assert proc.returncode != 0 and not out.exists()
+    assert proc.stderr.count("error: a prompt of") == 1, proc.stderr[-3000:]

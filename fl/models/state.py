@@ -121,13 +121,21 @@ def evenly_spaced(n: int, k: int) -> list[int]:
 
 
 def keep_layers(model: nn.Module, k: int) -> nn.Module:
-    """Cut a classifier to k evenly spaced layers (DistilBERT's initialisation), in place."""
+    """Cut a model to k evenly spaced layers (DistilBERT's initialisation), in place; each kept layer
+    takes its new index, which a decoder's key/value cache goes by."""
     n = model.config.num_hidden_layers
     if not 1 <= k <= n:
         raise ConfigError(f"student_layers={k} must be between 1 and the teacher's {n} layers")
     parent, attr = layer_stack(model)
-    layers = getattr(parent, attr)
-    setattr(parent, attr, nn.ModuleList([layers[i] for i in evenly_spaced(n, k)]))
+    layers, kept = getattr(parent, attr), evenly_spaced(n, k)
+    setattr(parent, attr, nn.ModuleList([layers[i] for i in kept]))
+    for new, layer in enumerate(getattr(parent, attr)):  # a decoder's key/value cache is indexed by layer_idx
+        for module in layer.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new
+    types = getattr(model.config, "layer_types", None)
+    if isinstance(types, list) and len(types) == n:  # per-layer attention kinds (transformers 5), kept alike
+        model.config.layer_types = [types[i] for i in kept]
     model.config.num_hidden_layers = k
     return model
 

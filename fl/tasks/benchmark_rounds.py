@@ -4,7 +4,8 @@ log-likelihood multiple choice (`fl.tasks.choices`, lm-evaluation-harness's `acc
 
 The rows split over the client ranks as the test rows do (`Placement.eval_rows`); each rank adds its
 counts to the task's metric sums, so the evaluation's one reduce brings them to rank 0, and a
-round's scores are the same in one process and under torchrun. The server scores them beside the
+round's scores are the same in one process and under torchrun (in fp32; under bf16 autocast the
+batches pad differently in the two, which can flip a near-tie). The server scores them beside the
 task's own metrics, so any causal-LM task (also your own) gets them, and a KD teacher's evaluation
 does not. The sample's seed is fixed (0), not
 the run's, so that runs with different seeds are scored on the same rows.
@@ -65,6 +66,8 @@ class BenchmarkRounds:
         if not cfg.eval_benchmarks:
             return cls()
         names = parse_names(cfg.eval_benchmarks)
+        if cfg.eval_benchmark_shots and "mmlu" not in names:
+            raise ConfigError("eval_benchmark_shots are mmlu's dev rows; add mmlu to eval_benchmarks or set it to 0")
         items = {}
         for b in names:
             every = load_benchmark(

@@ -14,8 +14,10 @@ The context runs through the model once; each choice continues from its key/valu
 for the choices, which run as one batch), so an item costs one context pass plus one batched pass
 over its choices (none when every choice is one token, as MMLU's letters), and scores what a full
 pass over context + choice scores (tests/tasks/test_choices.py checks both against each other).
-Items batch by length (`items_logprobs`): several contexts in one left-padded pass, then all their
-choices in one pass from the cache, as the harness batches its requests longest first.
+Items batch by length (`items_logprobs`): several contexts in one left-padded pass, longest context
+first (the harness sorts its requests by context + continuation), then all their choices in one pass
+from the cache. A context longer than the model's positions is cut from the left, as the harness
+cuts it (`fit` says where the cut differs).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fl.data.benchmarks import Choice
+from fl.errors import ConfigError
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -53,7 +56,8 @@ def items_logprobs(
     context first (so a batch pads little): their contexts in one left-padded pass, then every choice
     of more than one token of the batch in one pass from that cache (each row's cache repeated for
     its choices). Results come back in the items' order."""
-    pairs = [[encode_pair(tokenizer, it.context, it.delimiter + c) for c in it.choices] for it in items]
+    limit = context_size(model)
+    pairs = [fit([encode_pair(tokenizer, it.context, it.delimiter + c) for c in it.choices], limit) for it in items]
     order = sorted(range(len(items)), key=lambda i: -len(pairs[i][0][0]))
     out: list[list[float]] = [[] for _ in items]
     for start in range(0, len(order), max(batch_size, 1)):
@@ -61,6 +65,28 @@ def items_logprobs(
         for i, scores in zip(chunk, _batch_logprobs(model, [pairs[i] for i in chunk], device), strict=True):
             out[i] = scores
     return out
+
+
+def context_size(model: nn.Module) -> int | None:
+    """The most positions the model takes, where its config says (the harness's `max_length` order)."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return None
+
+
+def fit(pairs: list[tuple[list[int], list[int]]], limit: int | None) -> list[tuple[list[int], list[int]]]:
+    """An item's (context, continuation) pairs within the model's positions: the context cut from the
+    left so that it and the longest continuation (less its last token) fit, as the harness cuts each
+    request (it cuts per choice; here one cut for all, the longest choice's, so the cache is shared)."""
+    longest = max((len(cont) for _, cont in pairs), default=0)
+    if limit is None or len(pairs[0][0]) + longest - 1 <= limit:
+        return pairs
+    keep = limit - max(longest - 1, 0)
+    if keep < 1:
+        raise ConfigError(f"a choice of {longest} tokens does not fit the model's {limit} positions")
+    return [(ctx[-keep:], cont) for ctx, cont in pairs]
 
 
 def _batch_logprobs(model: nn.Module, batch: list[list[tuple[list[int], list[int]]]], device: torch.device):

@@ -36,7 +36,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from fl.data.benchmarks import Generated
 from fl.errors import ConfigError
 from fl.tasks.answers import flowertune_choice, gsm8k_correct, gsm8k_flexible, gsm8k_strict
-from fl.tasks.choices import direct_logprob, last_logits_only
+from fl.tasks.choices import context_size, direct_logprob, last_logits_only
 
 MAX_NEW_TOKENS = 256  # the harness's max_gen_toks
 BATCH_SIZE = 8
@@ -75,12 +75,6 @@ def budget(item: Generated, tokenizer, max_new_tokens: int) -> int:
     if item.rule == "flowertune":
         return len(tokenizer(item.reference, add_special_tokens=False)["input_ids"])
     return max_new_tokens
-
-
-def context_size(model: nn.Module) -> int | None:
-    """The most positions the model takes, where its config says."""
-    config = getattr(model, "config", None)
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 @torch.inference_mode()

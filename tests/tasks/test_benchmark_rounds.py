@@ -63,6 +63,11 @@ def test_the_ranks_shares_add_up_to_one_process(tiny_llama_dir):
     assert one["eval.bench.mmlu.hits"] == hits  # the counts are the rule's picks
 
 
+def test_shots_without_mmlu_are_refused():
+    with pytest.raises(ConfigError, match="eval_benchmark_shots are mmlu's dev rows"):
+        BenchmarkRounds.from_config(config("piqa"), lambda n: range(n))  # config() asks for 1 shot
+
+
 def test_metrics_follow_from_the_counts():
     rounds = BenchmarkRounds(("arc_easy",))
     scalars = {"eval.bench.arc_easy.n": 8.0, "eval.bench.arc_easy.hits": 6.0, "eval.bench.arc_easy.hits_norm": 2.0}

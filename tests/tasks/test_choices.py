@@ -99,7 +99,7 @@ def test_batched_items_score_what_one_at_a_time_scores(arch, tiny_llama_dir, tin
         Choice("review : the movie was", ("good", "really very bad", "fun . it is this"), gold=0),
         Choice("review : it", ("bad", "good"), gold=1),
         Choice("review : a very long and really fun movie , it is this good and the", ("end", "movie was bad"), 0),
-        Choice("the", ("movie", "good", "bad fun"), gold=2),
+        Choice("the", ("movie", "good", "bad fun", ""), gold=2),  # "" encodes to no token here: scored 0
     ]
     alone = [choice_logprobs(model, tok, it, cpu) for it in items]
     for direct in alone[0]:
@@ -108,3 +108,21 @@ def test_batched_items_score_what_one_at_a_time_scores(arch, tiny_llama_dir, tin
         got = items_logprobs(model, tok, items, cpu, batch_size=size)
         for a, b in zip(got, alone, strict=True):
             assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_a_context_longer_than_the_positions_is_cut_from_the_left(tiny_gpt2_dir):
+    """GPT-2's 64 learned positions: a 90-word context keeps its last words, so that it and the longest
+    choice (less its last token) fit, as the harness cuts its requests."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    item = Choice(" ".join(["good movie"] * 45), ("really very bad", "fun"), gold=0)
+    got = choice_logprobs(model, tok, item, torch.device("cpu"))
+    keep = 64 - 2  # the longest choice has 3 tokens
+    for lp, choice in zip(got, item.choices, strict=True):
+        ctx, cont = encode_pair(tok, item.context, " " + choice)
+        assert len(ctx) > 64
+        ids = torch.tensor([[*ctx[-keep:], *cont[:-1]]])  # the harness's input: (context + choice)[:-1], <= 64
+        logp = torch.log_softmax(model(ids).logits[0].float(), -1)[keep - 1 :]
+        assert lp == pytest.approx(float(logp.gather(1, torch.tensor(cont)[:, None]).sum()), abs=1e-5)

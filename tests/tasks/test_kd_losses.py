@@ -54,3 +54,25 @@ def test_keep_layers_keeps_the_right_layers(tiny_model_dir):
     assert out.logits.shape == (1, 2)
     with pytest.raises(ConfigError, match="student_layers=3 must be between 1 and the teacher's 2 layers"):
         keep_layers(full, 3)
+
+
+def test_a_cut_decoder_continues_from_its_cache():
+    """Layers 0 and 2 of 4 kept: each takes its new index, so a key/value cache of 2 layers (the
+    benchmarks' context reuse, generation) works and scores what a full pass scores."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fl.data.benchmarks import Choice
+    from fl.tasks.choices import choice_logprobs, direct_logprob
+
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2}
+    model = keep_layers(LlamaForCausalLM(LlamaConfig(vocab_size=40, num_key_value_heads=1, **sizes)).eval(), 2)
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1]
+
+    class Ids:  # a tokenizer of space-separated ids
+        def __call__(self, text):
+            return {"input_ids": [int(t) for t in text.split()]}
+
+    item = Choice("5 6 7", ("8 9", "10 11 12"), gold=0)
+    for lp, cont in zip(choice_logprobs(model, Ids(), item, torch.device("cpu")), ([8, 9], [10, 11, 12]), strict=True):
+        assert lp == pytest.approx(direct_logprob(model, [5, 6, 7], cont, torch.device("cpu")), abs=1e-5)
