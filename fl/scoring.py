@@ -59,7 +59,7 @@ def load_causal_lm(target: str, device: torch.device) -> tuple[Any, Any, str]:
         raise ConfigError(
             f"{target!r} cannot be loaded ({first_line(err)}); give a model folder, smollm2 or a run"
         ) from None
-    if not arch.endswith("ForCausalLM"):
+    if not arch.endswith(("ForCausalLM", "LMHeadModel")):  # GPT-2 is a GPT2LMHeadModel
         raise ConfigError(f"{target!r} is a {arch}, not a causal language model; give a causal LM (e.g. smollm2)")
     try:
         model = AutoModelForCausalLM.from_pretrained(base).float()  # fp32, whatever the checkpoint's dtype

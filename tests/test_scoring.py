@@ -197,9 +197,9 @@ def test_fl_eval_under_torchrun_scores_what_one_process_scores(tmp_path, capsys)
 
 @installed
 @pytest.mark.slow
-def test_fl_eval_under_torchrun_with_more_ranks_than_rows_and_an_error_on_one_rank(tmp_path, tiny_gpt2_dir):
-    """One row on two ranks: the empty share adds no made-up metric; a gsm8k prompt too long for the
-    tiny GPT-2 (64 positions) on rank 0's row only: one line from rank 0, exit 2, nothing written."""
+def test_fl_eval_under_torchrun_with_more_ranks_than_rows_and_a_rows_error(tmp_path, tiny_gpt2_dir):
+    """One row on two ranks: the empty share adds no made-up metric; gsm8k prompts too long for the
+    tiny GPT-2 (64 positions; a GPT2LMHeadModel loads): one line from rank 0, exit 2, nothing written."""
     from tests.helpers import torchrun_fl
     from tests.tasks.test_generated import letters_lm
 
