@@ -24,15 +24,19 @@ def speed(model: Any, tokenizer: Any, items: list[Any], device: Any) -> tuple[fl
     """On the same items: items per second of `items_logprobs` 8 items a pass (what `fl eval` runs), of
     one item a pass (context once, choices from its cache), of one full pass over context + choice per
     choice; and the largest log-prob difference between the first and the last."""
-    from fl.tasks.choices import direct_logprob, encode_pair, items_logprobs
+    from fl.tasks.choices import context_size, direct_logprob, encode_pair, fit, items_logprobs
 
     t0 = time.perf_counter()
     batched = items_logprobs(model, tokenizer, items, device, 8)
     t1 = time.perf_counter()
     items_logprobs(model, tokenizer, items, device, 1)
     t2 = time.perf_counter()
+    limit = context_size(model)  # contexts cut as fl and the harness cut them, so both sides score the same tokens
     slow = [
-        [direct_logprob(model, *encode_pair(tokenizer, it.context, it.delimiter + c), device) for c in it.choices]
+        [
+            direct_logprob(model, ctx, cont, device)
+            for ctx, cont in fit([encode_pair(tokenizer, it.context, it.delimiter + c) for c in it.choices], limit)
+        ]
         for it in items
     ]
     t3 = time.perf_counter()

@@ -33,7 +33,7 @@ def test_yaml_list_becomes_comma_string():
         ({"learning_rate": 1}, "unknown config key 'learning_rate'"),
         ({"lrr": 1}, "did you mean lr"),
         ({"scheme": "fedprox"}, "scheme='fedprox' is not valid; choose one of: fedavg, fedlora"),
-        ({"task": "mnli"}, "choose one of: rotten_tomatoes, sst2, cola, shakespeare, csv"),
+        ({"task": "mnli"}, "choose one of: rotten_tomatoes, sst2, cola, shakespeare, mmlu, csv"),
         ({"rounds": "two"}, "rounds='two' is not a valid int"),
         ({"rounds": 1.5}, "rounds=1.5 is not a valid int"),
         ({"rounds": 0}, "rounds=0 is out of range; give a value in [1, 100000]"),
